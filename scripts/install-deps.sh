@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what building and testing vmctl needs on Debian/Ubuntu. Idempotent.
+# Packages come from scripts/apt-packages/*.txt (one per line, '#' comments).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+sudo=""
+[ "$(id -u)" = 0 ] || sudo="sudo"
+
+mapfile -t pkgs < <(cat "$here"/apt-packages/*.txt | sed 's/#.*//' | tr -s ' \t' '\n' | sed '/^$/d' | sort -u)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "==> apt-get install ${missing[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null; then
+    echo "==> installing the Rust toolchain (rustup, from Debian)"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq rustup 2>/dev/null || true
+    rustup default stable
+fi
+want_targets=(x86_64-unknown-none x86_64-unknown-linux-musl aarch64-apple-darwin x86_64-pc-windows-msvc)
+have=$(rustup target list --installed)
+for t in "${want_targets[@]}"; do
+    grep -qx "$t" <<<"$have" || rustup target add "$t"
+done
+if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "==> cargo install cargo-nextest"
+    cargo install --locked cargo-nextest
+fi
+echo "==> dependencies ready"

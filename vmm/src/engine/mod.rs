@@ -1,0 +1,1 @@
+//! Engines that run a VM: `builtin` (this VMM) and `qemu` (a fallback through QEMU).
