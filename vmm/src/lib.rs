@@ -6,3 +6,5 @@
 //! VM: `builtin` (this VMM) and `qemu`.
 
 pub mod engine;
+pub mod arch;
+pub mod hv;

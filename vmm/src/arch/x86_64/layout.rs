@@ -1,0 +1,78 @@
+//! Guest physical memory layout (the same as Firecracker's where it matters to Linux).
+//!
+//! ```text
+//! 0x0000_0500  GDT                 0x0000_7000  boot_params ("zero page")
+//! 0x0000_0520  IDT (empty)         0x0000_8ff0  boot stack top
+//! 0x0000_9000  PML4, 0xa000 PDPT, 0xb000 PD (first 1 GiB, 2 MiB pages)
+//! 0x0002_0000  kernel command line 0x0009_fc00  EBDA: MP tables
+//! 0x0010_0000  kernel              ...          initrd at the top of low RAM
+//! 0xc000_0000  MMIO gap (1 GiB): virtio-mmio devices at 0xd000_0000, IOAPIC, LAPIC
+//! 0x1_0000_0000 RAM above 3 GiB continues here
+//! ```
+
+use vm_memory::GuestAddress;
+
+pub const GDT_START: u64 = 0x500;
+pub const IDT_START: u64 = 0x520;
+pub const ZERO_PAGE_START: u64 = 0x7000;
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+pub const PML4_START: u64 = 0x9000;
+pub const PDPTE_START: u64 = 0xa000;
+pub const PDE_START: u64 = 0xb000;
+pub const CMDLINE_START: u64 = 0x20000;
+/// Linux x86_64 COMMAND_LINE_SIZE.
+pub const CMDLINE_MAX_SIZE: usize = 2048;
+/// Start of the Extended BIOS Data Area, where the MP tables go.
+pub const EBDA_START: u64 = 0x9fc00;
+/// Where the kernel is loaded and high memory starts.
+pub const HIMEM_START: u64 = 0x10_0000;
+/// The 32-bit MMIO hole below 4 GiB.
+pub const MMIO_GAP_START: u64 = 0xc000_0000;
+pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
+/// virtio-mmio device windows, one 4 KiB page each.
+pub const VIRTIO_MMIO_START: u64 = 0xd000_0000;
+pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+/// First IOAPIC pin used for virtio-mmio devices (0-4 are the PIT, keyboard, cascade, COM2/4
+/// and COM1 legacy lines).
+pub const VIRTIO_IRQ_BASE: u32 = 5;
+/// Legacy lines.
+pub const COM1_IRQ: u32 = 4;
+pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
+pub const LAPIC_ADDR: u32 = 0xfee0_0000;
+/// IRQ pins of KVM's in-kernel IOAPIC.
+pub const IOAPIC_PINS: u32 = 24;
+
+/// Guest RAM ranges for `mem_size` bytes of memory, skipping the MMIO gap.
+pub fn ram_ranges(mem_size: u64) -> Vec<(GuestAddress, usize)> {
+    if mem_size <= MMIO_GAP_START {
+        vec![(GuestAddress(0), mem_size as usize)]
+    } else {
+        vec![
+            (GuestAddress(0), MMIO_GAP_START as usize),
+            (GuestAddress(MMIO_GAP_END), (mem_size - MMIO_GAP_START) as usize),
+        ]
+    }
+}
+
+/// End (exclusive) of RAM below the MMIO gap.
+pub fn low_ram_end(mem_size: u64) -> u64 {
+    mem_size.min(MMIO_GAP_START)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_ram_ranges_small_memory_one_range() {
+        assert_eq!(ram_ranges(256 << 20), vec![(GuestAddress(0), 256 << 20)]);
+    }
+
+    #[test]
+    fn test_ram_ranges_large_memory_skips_gap() {
+        let r = ram_ranges(4 << 30);
+        assert_eq!(r[0], (GuestAddress(0), MMIO_GAP_START as usize));
+        assert_eq!(r[1], (GuestAddress(MMIO_GAP_END), (1 << 30) as usize));
+        assert_eq!(low_ram_end(4 << 30), MMIO_GAP_START);
+    }
+}

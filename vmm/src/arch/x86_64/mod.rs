@@ -1,0 +1,7 @@
+//! x86_64: memory layout, Linux direct boot (ELF vmlinux or bzImage), long-mode entry
+//! state and MP tables.
+
+pub mod boot;
+pub mod layout;
+pub mod mptable;
+pub mod regs;
