@@ -1,0 +1,6 @@
+//! Transports that carry FUSE requests to the same `Server<PassthroughFs>`.
+
+#[cfg(target_os = "linux")]
+pub mod fusedev;
+#[cfg(target_os = "linux")]
+pub mod vhost_user;

@@ -1,0 +1,236 @@
+//! vhost-user-fs backend (`fs-share serve`): QEMU's `vhost-user-fs-pci` or the builtin VMM's
+//! vhost-user frontend connects to a unix socket, shares guest memory, and we process the
+//! virtio-fs queues (queue 0: hiprio, queue 1: requests) with the same `Server`.
+
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringMutex, VringState, VringT};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::QueueOwnedT;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use crate::sys::PassthroughFs;
+
+type Mem = GuestMemoryAtomic<GuestMemoryMmap>;
+
+const QUEUE_SIZE: usize = 1024;
+const NUM_QUEUES: usize = 2;
+/// virtio-fs config space: the tag is 36 bytes, NUL padded.
+pub const MAX_TAG_LEN: usize = 36;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VhostUserFsError {
+    #[error("Tag must be 1..=36 bytes, got {0}")]
+    BadTag(usize),
+    // vhost_user_backend::Error implements Display but not std::error::Error, so it is
+    // formatted into the message instead of being a #[source].
+    #[error("Failed to create the vhost-user daemon: {0}")]
+    Daemon(vhost_user_backend::Error),
+    #[error("vhost-user connection on {0} failed: {1}")]
+    Serve(std::path::PathBuf, vhost_user_backend::Error),
+}
+
+struct State {
+    mem: Option<Mem>,
+    event_idx: bool,
+}
+
+pub struct VhostUserFsBackend {
+    fs: Arc<PassthroughFs>,
+    server: Server<Arc<PassthroughFs>>,
+    state: RwLock<State>,
+    tag: Option<String>,
+}
+
+impl VhostUserFsBackend {
+    pub fn new(fs: Arc<PassthroughFs>, tag: Option<String>) -> Result<Self, VhostUserFsError> {
+        if let Some(t) = &tag {
+            if t.is_empty() || t.len() > MAX_TAG_LEN {
+                return Err(VhostUserFsError::BadTag(t.len()));
+            }
+        }
+        Ok(VhostUserFsBackend {
+            server: Server::new(fs.clone()),
+            fs,
+            state: RwLock::new(State {
+                mem: None,
+                event_idx: false,
+            }),
+            tag,
+        })
+    }
+
+    fn process_queue(
+        &self,
+        vring: &mut VringState<Mem>,
+        mem: &Mem,
+        event_idx: bool,
+    ) -> io::Result<bool> {
+        let guard = mem.memory();
+        let chains: Vec<_> = vring
+            .get_queue_mut()
+            .iter(guard.clone())
+            .map_err(|e| io::Error::other(format!("virtqueue: {e}")))?
+            .collect();
+        let mut used = false;
+        for chain in chains {
+            used = true;
+            let head = chain.head_index();
+            // A malformed chain from the guest gets an empty reply; the device keeps running.
+            let len = match (
+                Reader::from_descriptor_chain(&*guard, chain.clone()),
+                VirtioFsWriter::new(&*guard, chain),
+            ) {
+                (Ok(r), Ok(w)) => match self.server.handle_message(r, w.into(), None, None) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::debug!("virtio-fs request failed: {e}");
+                        0
+                    }
+                },
+                _ => {
+                    tracing::debug!("malformed virtio-fs descriptor chain");
+                    0
+                }
+            };
+            let len = u32::try_from(len).unwrap_or(0);
+            if vring.add_used(head, len).is_err() {
+                tracing::warn!("could not return a used descriptor");
+            }
+            let notify = !event_idx || vring.needs_notification().unwrap_or(true);
+            if notify {
+                vring.signal_used_queue()?;
+            }
+        }
+        Ok(used)
+    }
+}
+
+impl VhostUserBackend for VhostUserFsBackend {
+    type Bitmap = ();
+    type Vring = VringMutex<Mem>;
+
+    fn num_queues(&self) -> usize {
+        NUM_QUEUES
+    }
+
+    fn max_queue_size(&self) -> usize {
+        QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        let mut f = VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+        if self.tag.is_some() {
+            f |= VhostUserProtocolFeatures::CONFIG;
+        }
+        f
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let mut cfg = [0u8; MAX_TAG_LEN + 4];
+        if let Some(t) = &self.tag {
+            cfg[..t.len()].copy_from_slice(t.as_bytes());
+        }
+        cfg[MAX_TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
+        let mut out: Vec<u8> = cfg
+            .iter()
+            .skip(offset as usize)
+            .take(size as usize)
+            .copied()
+            .collect();
+        out.resize(size as usize, 0);
+        out
+    }
+
+    fn reset_device(&self) {
+        self.fs.reset();
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.state
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .event_idx = enabled;
+    }
+
+    fn update_memory(&self, mem: Mem) -> io::Result<()> {
+        self.state.write().unwrap_or_else(|e| e.into_inner()).mem = Some(mem);
+        Ok(())
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[Self::Vring],
+        _thread: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            return Err(io::Error::other("unexpected epoll event"));
+        }
+        let (mem, event_idx) = {
+            let s = self.state.read().unwrap_or_else(|e| e.into_inner());
+            (s.mem.clone(), s.event_idx)
+        };
+        let mem = mem.ok_or_else(|| io::Error::other("no guest memory configured"))?;
+        let vring = vrings
+            .get(device_event as usize)
+            .ok_or_else(|| io::Error::other("unknown queue event"))?;
+        let mut state = vring.get_mut();
+        if event_idx {
+            loop {
+                let _ = state.disable_notification();
+                self.process_queue(&mut state, &mem, true)?;
+                if !state.enable_notification().unwrap_or(false) {
+                    break;
+                }
+            }
+        } else {
+            self.process_queue(&mut state, &mem, false)?;
+        }
+        Ok(())
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+    }
+}
+
+/// Serves one vhost-user frontend connection on `socket` (created, replacing a stale file)
+/// until the frontend disconnects.
+pub fn serve(
+    fs: Arc<PassthroughFs>,
+    socket: &Path,
+    tag: Option<String>,
+) -> Result<(), VhostUserFsError> {
+    let backend = Arc::new(VhostUserFsBackend::new(fs, tag)?);
+    let mut daemon = VhostUserDaemon::new(
+        "fs-share".to_string(),
+        backend,
+        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+    )
+    .map_err(VhostUserFsError::Daemon)?;
+    tracing::info!(socket = %socket.display(), "waiting for a vhost-user frontend");
+    daemon
+        .serve(socket)
+        .map_err(|e| VhostUserFsError::Serve(socket.to_path_buf(), e))
+}
