@@ -5,6 +5,10 @@
 //! serial, i8042, virtio-mmio with in-process virtio devices) and the *engines* that run a
 //! VM: `builtin` (this VMM) and `qemu`.
 
-pub mod engine;
 pub mod arch;
+#[cfg(target_os = "linux")]
+pub mod builtin;
+pub mod devices;
+pub mod engine;
 pub mod hv;
+pub mod ratelimit;

@@ -1,1 +1,121 @@
-fn main() {}
+//! `vmm`: run one VM on this machine's hypervisor with the builtin engine.
+//!
+//! Exit status: 0 when the guest resets or powers off; 1 when the VM cannot start (the cause
+//! on one line); 2 when the guest crashes (with the vCPU state).
+
+#[cfg(target_os = "linux")]
+mod cli {
+    use std::path::PathBuf;
+
+    use clap::Parser;
+    use vmm::builtin::{self, BuiltinError, DiskConfig, SerialConfig, VmConfig};
+    use vmm::hv::HvError;
+
+    /// Boot a Linux kernel (ELF vmlinux or bzImage) in a microVM.
+    #[derive(Parser, Debug)]
+    #[command(name = "vmm", version)]
+    struct Args {
+        /// Kernel image: an x86_64 ELF vmlinux or a bzImage.
+        #[arg(long)]
+        kernel: PathBuf,
+        /// Initial ramdisk.
+        #[arg(long)]
+        initrd: Option<PathBuf>,
+        /// Kernel command line (virtio-mmio devices are appended to it).
+        #[arg(long, default_value = builtin::DEFAULT_CMDLINE)]
+        cmdline: String,
+        /// Raw disk image, as PATH or PATH,ro; repeat for more disks (vda, vdb, …).
+        #[arg(long = "disk", value_name = "PATH[,ro]")]
+        disks: Vec<DiskConfig>,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 256)]
+        mem: u64,
+        /// Number of vCPUs.
+        #[arg(long, default_value_t = 1)]
+        cpus: u8,
+        /// Where COM1 goes: stdio, none, or a file path.
+        #[arg(long, default_value = "stdio")]
+        serial: SerialConfig,
+        /// Add a virtio-console whose output is appended to this file.
+        #[arg(long)]
+        console: Option<PathBuf>,
+        /// Leave out the virtio-rng device.
+        #[arg(long)]
+        no_rng: bool,
+    }
+
+    fn hint(e: &BuiltinError) -> Option<&'static str> {
+        match e {
+            BuiltinError::Hypervisor(HvError::Open { source, .. }) => match source.kind() {
+                std::io::ErrorKind::PermissionDenied => {
+                    Some("add your user to the 'kvm' group (sudo usermod -aG kvm $USER) and log in again")
+                }
+                std::io::ErrorKind::NotFound => {
+                    Some("enable virtualization in the firmware and load kvm_intel or kvm_amd, or use the qemu engine")
+                }
+                _ => None,
+            },
+            BuiltinError::Memory { .. } => Some("lower --mem"),
+            _ => None,
+        }
+    }
+
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut s = e.to_string();
+        let mut src = e.source();
+        while let Some(c) = src {
+            let cs = c.to_string();
+            if !s.contains(&cs) {
+                s.push_str(": ");
+                s.push_str(&cs);
+            }
+            src = c.source();
+        }
+        s
+    }
+
+    pub fn main() -> i32 {
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+            .format_timestamp_millis()
+            .init();
+        let args = Args::parse();
+        let cfg = VmConfig {
+            kernel: args.kernel,
+            initrd: args.initrd,
+            cmdline: args.cmdline,
+            disks: args.disks,
+            mem_mib: args.mem,
+            cpus: args.cpus,
+            serial: args.serial,
+            console: args.console,
+            rng: !args.no_rng,
+        };
+        match builtin::run(&cfg) {
+            Ok(exit) => {
+                log::info!("guest {exit:?}");
+                0
+            }
+            Err(BuiltinError::Crashed(what)) => {
+                eprintln!("vmm: guest crashed: {what}");
+                2
+            }
+            Err(e) => {
+                match hint(&e) {
+                    Some(h) => eprintln!("vmm: error: {}; {h}", chain(&e)),
+                    None => eprintln!("vmm: error: {}", chain(&e)),
+                }
+                1
+            }
+        }
+    }
+}
+
+fn main() {
+    #[cfg(target_os = "linux")]
+    std::process::exit(cli::main());
+    #[cfg(not(target_os = "linux"))]
+    {
+        eprintln!("vmm: the builtin engine runs on Linux/KVM only in this build");
+        std::process::exit(1);
+    }
+}

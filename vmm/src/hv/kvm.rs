@@ -8,16 +8,18 @@ use std::sync::{Arc, Once};
 
 use kvm_bindings::{
     kvm_fpu, kvm_pit_config, kvm_regs, kvm_segment, kvm_userspace_memory_region, CpuId,
-    KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
-    KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+    KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
+    KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{Cap, IoEventAddress, NoDatamatch, VcpuExit as KvmExit, VcpuFd, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
-use super::{BootRegs, HvError, Hypervisor, IrqLine, Notifier, SegmentDesc, Vcpu, VcpuExit,
-    VcpuKicker, Vm, X86BootRegs};
+use super::{
+    BootRegs, HvError, Hypervisor, IrqLine, Notifier, SegmentDesc, Vcpu, VcpuExit, VcpuKicker, Vm,
+    X86BootRegs,
+};
 
 /// Where KVM puts its TSS and identity map (3 pages just below the 4 GiB boundary's
 /// reserved area), as QEMU and Firecracker do; inside the MMIO gap, never RAM.
@@ -80,19 +82,31 @@ impl Hypervisor for Kvm {
     }
 
     fn create_vm(&self) -> Result<Arc<dyn Vm>, HvError> {
-        let fd = self.kvm.create_vm().map_err(|e| HvError::op("KVM_CREATE_VM", e))?;
+        let fd = self
+            .kvm
+            .create_vm()
+            .map_err(|e| HvError::op("KVM_CREATE_VM", e))?;
         fd.set_tss_address(KVM_TSS_ADDRESS)
             .map_err(|e| HvError::op("KVM_SET_TSS_ADDR", e))?;
         fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
             .map_err(|e| HvError::op("KVM_SET_IDENTITY_MAP_ADDR", e))?;
-        fd.create_irq_chip().map_err(|e| HvError::op("KVM_CREATE_IRQCHIP", e))?;
-        let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
-        fd.create_pit2(pit).map_err(|e| HvError::op("KVM_CREATE_PIT2", e))?;
+        fd.create_irq_chip()
+            .map_err(|e| HvError::op("KVM_CREATE_IRQCHIP", e))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit)
+            .map_err(|e| HvError::op("KVM_CREATE_PIT2", e))?;
         let cpuid = self
             .kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| HvError::op("KVM_GET_SUPPORTED_CPUID", e))?;
-        Ok(Arc::new(KvmVm { fd, cpuid, next_slot: AtomicU64::new(0) }))
+        Ok(Arc::new(KvmVm {
+            fd,
+            cpuid,
+            next_slot: AtomicU64::new(0),
+        }))
     }
 }
 
@@ -133,10 +147,16 @@ impl Vm for KvmVm {
             .map_err(|e| HvError::op("KVM_CREATE_VCPU", e))?;
         let mut cpuid = self.cpuid.clone();
         patch_cpuid(&mut cpuid, index, count);
-        fd.set_cpuid2(&cpuid).map_err(|e| HvError::op("KVM_SET_CPUID2", e))?;
+        fd.set_cpuid2(&cpuid)
+            .map_err(|e| HvError::op("KVM_SET_CPUID2", e))?;
         set_lint(&fd)?;
-        let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
-        fd.set_fpu(&fpu).map_err(|e| HvError::op("KVM_SET_FPU", e))?;
+        let fpu = kvm_fpu {
+            fcw: 0x37f,
+            mxcsr: 0x1f80,
+            ..Default::default()
+        };
+        fd.set_fpu(&fpu)
+            .map_err(|e| HvError::op("KVM_SET_FPU", e))?;
         static HANDLER: Once = Once::new();
         HANDLER.call_once(|| {
             extern "C" fn noop(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
@@ -148,13 +168,17 @@ impl Vm for KvmVm {
         Ok(Box::new(KvmVcpu {
             fd,
             index,
-            kicker: Arc::new(KvmKicker { thread: AtomicU64::new(0) }),
+            kicker: Arc::new(KvmKicker {
+                thread: AtomicU64::new(0),
+            }),
         }))
     }
 
     fn irq_line(&self, gsi: u32) -> Result<Arc<dyn IrqLine>, HvError> {
         let evt = EventFd::new(EFD_NONBLOCK).map_err(|e| HvError::op("eventfd", e))?;
-        self.fd.register_irqfd(&evt, gsi).map_err(|e| HvError::op("KVM_IRQFD", e))?;
+        self.fd
+            .register_irqfd(&evt, gsi)
+            .map_err(|e| HvError::op("KVM_IRQFD", e))?;
         Ok(Arc::new(KvmIrq { evt }))
     }
 
@@ -230,7 +254,9 @@ fn set_lint(fd: &VcpuFd) -> Result<(), HvError> {
     const APIC_LVT1: usize = 0x360;
     const MODE_EXTINT: u32 = 0x7;
     const MODE_NMI: u32 = 0x4;
-    let mut lapic = fd.get_lapic().map_err(|e| HvError::op("KVM_GET_LAPIC", e))?;
+    let mut lapic = fd
+        .get_lapic()
+        .map_err(|e| HvError::op("KVM_GET_LAPIC", e))?;
     for (reg, mode) in [(APIC_LVT0, MODE_EXTINT), (APIC_LVT1, MODE_NMI)] {
         let bytes: Vec<u8> = lapic.regs[reg..reg + 4].iter().map(|b| *b as u8).collect();
         let mut v = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
@@ -239,7 +265,8 @@ fn set_lint(fd: &VcpuFd) -> Result<(), HvError> {
             lapic.regs[reg + i] = *b as _;
         }
     }
-    fd.set_lapic(&lapic).map_err(|e| HvError::op("KVM_SET_LAPIC", e))
+    fd.set_lapic(&lapic)
+        .map_err(|e| HvError::op("KVM_SET_LAPIC", e))
 }
 
 fn kvm_segment(s: &SegmentDesc) -> kvm_segment {
@@ -267,7 +294,10 @@ impl KvmVcpu {
         const X86_CR4_PAE: u64 = 0x20;
         const EFER_LME: u64 = 0x100;
         const EFER_LMA: u64 = 0x400;
-        let mut sregs = self.fd.get_sregs().map_err(|e| HvError::op("KVM_GET_SREGS", e))?;
+        let mut sregs = self
+            .fd
+            .get_sregs()
+            .map_err(|e| HvError::op("KVM_GET_SREGS", e))?;
         sregs.gdt.base = r.gdt_base;
         sregs.gdt.limit = r.gdt_limit;
         sregs.idt.base = r.idt_base;
@@ -284,7 +314,9 @@ impl KvmVcpu {
         sregs.cr4 |= X86_CR4_PAE;
         sregs.cr0 |= X86_CR0_PE | X86_CR0_PG;
         sregs.efer |= EFER_LME | EFER_LMA;
-        self.fd.set_sregs(&sregs).map_err(|e| HvError::op("KVM_SET_SREGS", e))?;
+        self.fd
+            .set_sregs(&sregs)
+            .map_err(|e| HvError::op("KVM_SET_SREGS", e))?;
         let regs = kvm_regs {
             rflags: 0x2,
             rip: r.rip,
@@ -293,7 +325,9 @@ impl KvmVcpu {
             rsi: r.rsi,
             ..Default::default()
         };
-        self.fd.set_regs(&regs).map_err(|e| HvError::op("KVM_SET_REGS", e))
+        self.fd
+            .set_regs(&regs)
+            .map_err(|e| HvError::op("KVM_SET_REGS", e))
     }
 }
 

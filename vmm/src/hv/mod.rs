@@ -37,7 +37,10 @@ pub enum HvError {
 impl HvError {
     /// Wraps an OS error of the hypervisor call `op`.
     pub fn op(op: &'static str, source: impl Into<std::io::Error>) -> Self {
-        HvError::Op { op, source: source.into() }
+        HvError::Op {
+            op,
+            source: source.into(),
+        }
     }
 }
 

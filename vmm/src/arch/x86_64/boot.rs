@@ -42,7 +42,11 @@ pub enum BootError {
         source: std::io::Error,
     },
     #[error("Initrd of {size} bytes does not fit in guest RAM between the kernel end ({kernel_end:#x}) and {limit:#x}; give the VM more memory")]
-    InitrdTooBig { size: u64, kernel_end: u64, limit: u64 },
+    InitrdTooBig {
+        size: u64,
+        kernel_end: u64,
+        limit: u64,
+    },
     #[error("Kernel command line is invalid: {0}")]
     Cmdline(String),
     #[error("Cannot write {what} to guest memory: {source}")]
@@ -93,7 +97,11 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
         Some(_) => result.kernel_load.raw_value() + BZIMAGE_64BIT_ENTRY_OFFSET,
         None => result.kernel_load.raw_value(),
     };
-    Ok(LoadedKernel { entry, kernel_end: result.kernel_end, setup_header: result.setup_header })
+    Ok(LoadedKernel {
+        entry,
+        kernel_end: result.kernel_end,
+        setup_header: result.setup_header,
+    })
 }
 
 /// Loads the initrd as high as possible in low RAM; returns (address, size).
@@ -103,7 +111,10 @@ pub fn load_initrd(
     kernel: &LoadedKernel,
     path: &Path,
 ) -> Result<(u64, u64), BootError> {
-    let err = |source| BootError::Initrd { path: path.display().to_string(), source };
+    let err = |source| BootError::Initrd {
+        path: path.display().to_string(),
+        source,
+    };
     let mut file = File::open(path).map_err(err)?;
     let size = file.metadata().map_err(err)?.len();
     let max_addr = kernel
@@ -112,10 +123,18 @@ pub fn load_initrd(
         .filter(|m| *m != 0)
         .unwrap_or(0x7fff_ffff);
     let limit = low_ram_end(mem_size).min(max_addr + 1);
-    let too_big = BootError::InitrdTooBig { size, kernel_end: kernel.kernel_end, limit };
+    let too_big = BootError::InitrdTooBig {
+        size,
+        kernel_end: kernel.kernel_end,
+        limit,
+    };
     let addr = limit.checked_sub(size).ok_or(too_big)? & !(PAGE_SIZE - 1);
     if addr < kernel.kernel_end {
-        return Err(BootError::InitrdTooBig { size, kernel_end: kernel.kernel_end, limit });
+        return Err(BootError::InitrdTooBig {
+            size,
+            kernel_end: kernel.kernel_end,
+            limit,
+        });
     }
     mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
         .map_err(|e| err(std::io::Error::other(e.to_string())))?;
@@ -125,7 +144,8 @@ pub fn load_initrd(
 /// Builds a kernel command line object from a string.
 pub fn cmdline(s: &str) -> Result<Cmdline, BootError> {
     let mut c = Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| BootError::Cmdline(e.to_string()))?;
-    c.insert_str(s).map_err(|e| BootError::Cmdline(e.to_string()))?;
+    c.insert_str(s)
+        .map_err(|e| BootError::Cmdline(e.to_string()))?;
     Ok(c)
 }
 
@@ -174,11 +194,18 @@ pub fn write_boot_params(
         params.hdr.ramdisk_size = size as u32;
     }
     for (i, (addr, size)) in e820_map(mem_size).into_iter().enumerate() {
-        params.e820_table[i] = boot_e820_entry { addr, size, r#type: E820_RAM };
+        params.e820_table[i] = boot_e820_entry {
+            addr,
+            size,
+            r#type: E820_RAM,
+        };
         params.e820_entries = (i + 1) as u8;
     }
     mem.write_obj(params, GuestAddress(ZERO_PAGE_START))
-        .map_err(|source| BootError::Write { what: "boot_params", source })?;
+        .map_err(|source| BootError::Write {
+            what: "boot_params",
+            source,
+        })?;
     Ok(ZERO_PAGE_START)
 }
 
@@ -188,7 +215,10 @@ mod tests {
 
     #[test]
     fn test_e820_small_memory_two_ram_ranges() {
-        assert_eq!(e820_map(64 << 20), vec![(0, EBDA_START), (HIMEM_START, (64 << 20) - HIMEM_START)]);
+        assert_eq!(
+            e820_map(64 << 20),
+            vec![(0, EBDA_START), (HIMEM_START, (64 << 20) - HIMEM_START)]
+        );
     }
 
     #[test]
@@ -205,7 +235,11 @@ mod tests {
         std::fs::write(&p, vec![0x5a; 8192]).unwrap();
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 16 << 20)]).unwrap();
         let e = load_kernel(&mem, &p).unwrap_err();
-        assert!(e.to_string().contains("neither an x86_64 ELF vmlinux nor a bzImage"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("neither an x86_64 ELF vmlinux nor a bzImage"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -88,7 +88,8 @@ pub fn build(base: u64, num_cpus: u8) -> Result<Vec<u8>, MptableError> {
 /// Writes the MP tables for `num_cpus` into the EBDA.
 pub fn setup(mem: &GuestMemoryMmap, num_cpus: u8) -> Result<(), MptableError> {
     let bytes = build(EBDA_START, num_cpus)?;
-    mem.write_slice(&bytes, GuestAddress(EBDA_START)).map_err(MptableError::Write)
+    mem.write_slice(&bytes, GuestAddress(EBDA_START))
+        .map_err(MptableError::Write)
 }
 
 #[cfg(test)]

@@ -66,14 +66,26 @@ pub fn setup_long_mode(
         r.map_err(|source| RegsError::Write { what, source })
     };
     for (i, e) in GDT.iter().enumerate() {
-        w("GDT", mem.write_obj(*e, GuestAddress(GDT_START + i as u64 * 8)))?;
+        w(
+            "GDT",
+            mem.write_obj(*e, GuestAddress(GDT_START + i as u64 * 8)),
+        )?;
     }
     w("IDT", mem.write_obj(0u64, GuestAddress(IDT_START)))?;
     // PML4[0] -> PDPT, PDPT[0] -> PD, PD maps 512 × 2 MiB.
-    w("PML4", mem.write_obj(PDPTE_START | 0x03, GuestAddress(PML4_START)))?;
-    w("PDPT", mem.write_obj(PDE_START | 0x03, GuestAddress(PDPTE_START)))?;
+    w(
+        "PML4",
+        mem.write_obj(PDPTE_START | 0x03, GuestAddress(PML4_START)),
+    )?;
+    w(
+        "PDPT",
+        mem.write_obj(PDE_START | 0x03, GuestAddress(PDPTE_START)),
+    )?;
     for i in 0..512u64 {
-        w("PD", mem.write_obj((i << 21) | 0x83, GuestAddress(PDE_START + i * 8)))?;
+        w(
+            "PD",
+            mem.write_obj((i << 21) | 0x83, GuestAddress(PDE_START + i * 8)),
+        )?;
     }
     Ok(X86BootRegs {
         rip: entry,

@@ -1,0 +1,121 @@
+//! What to run: the configuration of a builtin-engine VM.
+
+use std::path::PathBuf;
+
+/// Where COM1 goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialConfig {
+    /// Host stdout, with host stdin as guest input.
+    Stdio,
+    /// Appended to a file.
+    File(PathBuf),
+    /// Discarded.
+    None,
+}
+
+impl std::str::FromStr for SerialConfig {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "stdio" => SerialConfig::Stdio,
+            "none" | "off" => SerialConfig::None,
+            "" => return Err("empty serial target; use stdio, none or a file path".into()),
+            path => SerialConfig::File(PathBuf::from(path)),
+        })
+    }
+}
+
+/// A disk image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+impl std::str::FromStr for DiskConfig {
+    type Err = String;
+    /// `PATH` or `PATH,ro` (or `PATH,rw`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (path, opt) = match s.rsplit_once(',') {
+            Some((p, o)) if o == "ro" || o == "rw" => (p, Some(o)),
+            _ => (s, None),
+        };
+        if path.is_empty() {
+            return Err("empty disk path; use PATH or PATH,ro".into());
+        }
+        Ok(DiskConfig {
+            path: PathBuf::from(path),
+            read_only: opt == Some("ro"),
+        })
+    }
+}
+
+/// The kernel command line used when none is given.
+pub const DEFAULT_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=1 pci=off nomodule i8042.noaux i8042.nomux i8042.dumbkbd";
+
+/// A VM for the builtin engine.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub disks: Vec<DiskConfig>,
+    pub mem_mib: u64,
+    pub cpus: u8,
+    pub serial: SerialConfig,
+    /// virtio-console output file, if the device is wanted.
+    pub console: Option<PathBuf>,
+    pub rng: bool,
+}
+
+impl VmConfig {
+    pub fn new(kernel: PathBuf) -> Self {
+        VmConfig {
+            kernel,
+            initrd: None,
+            cmdline: DEFAULT_CMDLINE.to_string(),
+            disks: Vec::new(),
+            mem_mib: 256,
+            cpus: 1,
+            serial: SerialConfig::Stdio,
+            console: None,
+            rng: true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_disk_config_parses_ro_flag() {
+        let d: DiskConfig = "/a/b.img,ro".parse().unwrap();
+        assert_eq!(
+            d,
+            DiskConfig {
+                path: "/a/b.img".into(),
+                read_only: true
+            }
+        );
+        let d: DiskConfig = "/a/b,c.img".parse().unwrap();
+        assert_eq!(d.path, PathBuf::from("/a/b,c.img"));
+        assert!(!d.read_only);
+        assert!(",ro".parse::<DiskConfig>().is_err());
+    }
+
+    #[test]
+    fn test_serial_config_parses_targets() {
+        assert_eq!(
+            "stdio".parse::<SerialConfig>().unwrap(),
+            SerialConfig::Stdio
+        );
+        assert_eq!("none".parse::<SerialConfig>().unwrap(), SerialConfig::None);
+        assert_eq!(
+            "/tmp/x".parse::<SerialConfig>().unwrap(),
+            SerialConfig::File("/tmp/x".into())
+        );
+        assert!("".parse::<SerialConfig>().is_err());
+    }
+}
