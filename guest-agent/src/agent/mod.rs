@@ -1,0 +1,16 @@
+//! The PID-1 side of the guest agent, one module per job.
+
+pub mod boot;
+pub mod bridge;
+pub mod cmdline;
+pub mod exec;
+pub mod log;
+pub mod mounts;
+pub mod net;
+pub mod ports;
+pub mod reaper;
+pub mod server;
+pub mod services;
+pub mod shutdown;
+pub mod sys;
+pub mod vsock;

@@ -1,0 +1,190 @@
+//! Filesystems: the early API mounts, a writable /etc over the read-only root, the data
+//! disk (formatted on first boot) for Docker's state, and virtio-fs shares.
+
+use std::fs;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::log::info;
+use super::sys::{self, mount};
+
+const NOSUID: libc::c_ulong = libc::MS_NOSUID;
+const NODEV: libc::c_ulong = libc::MS_NODEV;
+const NOEXEC: libc::c_ulong = libc::MS_NOEXEC;
+
+/// Where the data disk is mounted; Docker's and containerd's state and the logs live on it.
+pub const DATA_DIR: &str = "/var/lib/vmctl";
+
+fn ensure(dir: &str) {
+    let _ = fs::create_dir_all(dir);
+}
+
+fn try_mount(src: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) {
+    ensure(target);
+    if let Err(e) = mount(src, target, fstype, flags, data) {
+        if e.raw_os_error() != Some(libc::EBUSY) {
+            info!("mount {fstype} on {target}: {e}");
+        }
+    }
+}
+
+/// Mount /proc, /sys, /dev, /run, /tmp, cgroup2 and friends.
+pub fn early() {
+    try_mount("proc", "/proc", "proc", NOSUID | NODEV | NOEXEC, "");
+    try_mount("sysfs", "/sys", "sysfs", NOSUID | NODEV | NOEXEC, "");
+    try_mount("devtmpfs", "/dev", "devtmpfs", NOSUID, "mode=0755");
+    try_mount(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        NOSUID | NOEXEC,
+        "gid=5,mode=0620,ptmxmode=0666",
+    );
+    try_mount("shm", "/dev/shm", "tmpfs", NOSUID | NODEV, "mode=1777");
+    try_mount("tmpfs", "/run", "tmpfs", NOSUID | NODEV, "mode=0755");
+    try_mount("tmpfs", "/tmp", "tmpfs", NOSUID | NODEV, "mode=1777");
+    try_mount(
+        "cgroup2",
+        "/sys/fs/cgroup",
+        "cgroup2",
+        NOSUID | NODEV | NOEXEC,
+        "nsdelegate",
+    );
+    try_mount("bpf", "/sys/fs/bpf", "bpf", NOSUID | NODEV | NOEXEC, "");
+    try_mount(
+        "securityfs",
+        "/sys/kernel/security",
+        "securityfs",
+        NOSUID | NODEV | NOEXEC,
+        "",
+    );
+    try_mount(
+        "debugfs",
+        "/sys/kernel/debug",
+        "debugfs",
+        NOSUID | NODEV | NOEXEC,
+        "",
+    );
+    let _ = std::os::unix::fs::symlink("/proc/self/fd", "/dev/fd");
+    let _ = std::os::unix::fs::symlink("/run", "/var/run");
+    ensure("/run/lock");
+}
+
+/// Overlay a tmpfs-backed writable layer on a read-only directory of the root image.
+pub fn writable_overlay(dir: &str) {
+    let name = dir.trim_start_matches('/').replace('/', "-");
+    let upper = format!("/run/vmctl/overlay/{name}/upper");
+    let work = format!("/run/vmctl/overlay/{name}/work");
+    ensure(&upper);
+    ensure(&work);
+    let opts = format!("lowerdir={dir},upperdir={upper},workdir={work}");
+    if let Err(e) = mount("overlay", dir, "overlay", 0, &opts) {
+        info!("overlay on {dir}: {e}");
+    }
+}
+
+/// The block device whose virtio serial is `serial`, if any.
+pub fn find_disk(serial: &str) -> Option<PathBuf> {
+    let entries = fs::read_dir("/sys/block").ok()?;
+    for e in entries.flatten() {
+        let dev = e.file_name();
+        let s = fs::read_to_string(e.path().join("serial")).unwrap_or_default();
+        if s.trim() == serial {
+            return Some(Path::new("/dev").join(dev));
+        }
+    }
+    None
+}
+
+/// Whether `dev` holds an ext2/3/4 superblock (magic 0xEF53 at byte 1080).
+pub fn has_ext4(dev: &Path) -> io::Result<bool> {
+    let mut f = fs::File::open(dev)?;
+    f.seek(SeekFrom::Start(1080))?;
+    let mut magic = [0u8; 2];
+    f.read_exact(&mut magic)?;
+    Ok(magic == [0x53, 0xef])
+}
+
+/// Mount the data disk at [`DATA_DIR`] (formatting it on first boot) and bind its
+/// subdirectories over /var/lib/docker, /var/lib/containerd and /var/log. Without a data
+/// disk those stay on tmpfs (state is lost at shutdown), which is logged.
+pub fn data_disk(serial: &str) {
+    ensure(DATA_DIR);
+    let mounted = match find_disk(serial) {
+        Some(dev) => mount_data(&dev),
+        None => {
+            info!("no data disk with serial {serial}: Docker state is kept in memory only");
+            false
+        }
+    };
+    if !mounted {
+        try_mount("tmpfs", DATA_DIR, "tmpfs", NOSUID | NODEV, "mode=0755");
+    }
+    for (sub, target) in [
+        ("docker", "/var/lib/docker"),
+        ("containerd", "/var/lib/containerd"),
+        ("log", "/var/log"),
+    ] {
+        let src = format!("{DATA_DIR}/{sub}");
+        ensure(&src);
+        ensure(target);
+        if let Err(e) = mount(&src, target, "", libc::MS_BIND, "") {
+            info!("bind {src} on {target}: {e}");
+        }
+    }
+}
+
+fn mount_data(dev: &Path) -> bool {
+    let d = dev.display().to_string();
+    match has_ext4(dev) {
+        Ok(true) => {}
+        Ok(false) => {
+            info!("formatting data disk {d} (first boot)");
+            let st = Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-L", "vmctl-data", "-m", "0"])
+                .args(["-E", "lazy_itable_init=1,lazy_journal_init=1,discard"])
+                .arg(&d)
+                .status();
+            if !matches!(st, Ok(s) if s.success()) {
+                info!("mkfs.ext4 {d} failed: {st:?}");
+                return false;
+            }
+        }
+        Err(e) => {
+            info!("cannot read data disk {d}: {e}");
+            return false;
+        }
+    }
+    match mount(&d, DATA_DIR, "ext4", NOSUID | NODEV, "discard") {
+        Ok(()) => true,
+        Err(e) => {
+            info!("mount {d} on {DATA_DIR}: {e}");
+            false
+        }
+    }
+}
+
+/// Mount a virtio-fs tag at `path`.
+pub fn share(tag: &str, path: &str) -> io::Result<()> {
+    fs::create_dir_all(path)?;
+    mount(tag, path, "virtiofs", NODEV, "")
+}
+
+/// Unmount the data disk's users and the disk itself (best effort), then sync.
+pub fn unmount_all() {
+    for t in [
+        "/var/log",
+        "/var/lib/containerd",
+        "/var/lib/docker",
+        DATA_DIR,
+    ] {
+        if let Err(e) = sys::umount(t, 0) {
+            // Busy: remount read-only so the journal is clean.
+            if sys::mount("", t, "", libc::MS_REMOUNT | libc::MS_RDONLY, "").is_err() {
+                info!("umount {t}: {e}");
+            }
+        }
+    }
+    sys::sync();
+}

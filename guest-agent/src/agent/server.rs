@@ -1,0 +1,168 @@
+//! The control protocol server (vsock port 1024 in the guest; a unix socket in tests).
+
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use guest_agent::protocol::{
+    write_frame, FrameReader, Health, ProtocolError, Request, Response, CONTROL_PORT,
+    PROTOCOL_VERSION,
+};
+
+use super::bridge::Duplex;
+use super::log::{self, info};
+use super::vsock::VsockListener;
+use super::{exec, mounts, ports, services, shutdown, sys};
+
+static PID1: AtomicBool = AtomicBool::new(false);
+static DEBUG: AtomicBool = AtomicBool::new(false);
+
+fn agent_name() -> String {
+    format!("vmctl-guest-agent {}", env!("CARGO_PKG_VERSION"))
+}
+
+fn error(message: impl std::fmt::Display) -> Response {
+    Response::Error {
+        message: message.to_string(),
+    }
+}
+
+/// Serve the control protocol on vsock [`CONTROL_PORT`] (as PID 1).
+pub fn serve_vsock(debug: bool) -> std::io::Result<()> {
+    PID1.store(true, Ordering::SeqCst);
+    DEBUG.store(debug, Ordering::SeqCst);
+    let l = VsockListener::bind(CONTROL_PORT)?;
+    info!("control server: vsock port {CONTROL_PORT}");
+    loop {
+        match l.accept() {
+            Ok(s) => {
+                std::thread::spawn(move || handle(s));
+            }
+            Err(e) => {
+                info!("control server: accept: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// Serve the control protocol on a unix socket, without PID-1 duties (tests).
+pub fn serve_unix(path: &Path) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let l = UnixListener::bind(path)?;
+    for s in l.incoming() {
+        let s = s?;
+        std::thread::spawn(move || handle(s));
+    }
+    Ok(())
+}
+
+/// Serve one connection until the peer closes it or a stream request ends it.
+pub fn handle<S: Duplex>(conn: S) {
+    if let Err(e) = session(conn) {
+        if !matches!(e, ProtocolError::Closed) {
+            info!("control connection: {e}");
+        }
+    }
+}
+
+fn session<S: Duplex>(mut conn: S) -> Result<(), ProtocolError> {
+    let mut reader = FrameReader::new(conn.split()?);
+    match reader.expect::<Request>()? {
+        Request::Hello { version } if version == PROTOCOL_VERSION => {
+            write_frame(
+                &mut conn,
+                &Response::Hello {
+                    version: PROTOCOL_VERSION,
+                    agent: agent_name(),
+                },
+            )?;
+        }
+        Request::Hello { version } => {
+            write_frame(
+                &mut conn,
+                &error(format!("unsupported protocol version {version}")),
+            )?;
+            return Err(ProtocolError::Version(version));
+        }
+        other => {
+            write_frame(&mut conn, &error("expected hello"))?;
+            return Err(ProtocolError::Unexpected(format!("{other:?}")));
+        }
+    }
+    loop {
+        let req = match reader.read::<Request>() {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(()),
+            Err(e) if e.is_recoverable() => {
+                write_frame(&mut conn, &error(&e))?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if DEBUG.load(Ordering::Relaxed) {
+            info!("control request: {req:?}");
+        }
+        let pid1 = PID1.load(Ordering::SeqCst);
+        let resp = match req {
+            Request::Health => Response::Health(Health {
+                docker_ready: services::docker_ready(),
+                uptime_ms: log::uptime_ms(),
+                phases: log::phases(),
+            }),
+            Request::Exec(r) => {
+                return exec::run(r, reader, conn);
+            }
+            Request::SetClock { .. } | Request::MountShare { .. } if !pid1 => {
+                error("not PID 1: refused")
+            }
+            Request::SetClock { unix_nanos } => match sys::set_clock(unix_nanos) {
+                Ok(()) => Response::Ok,
+                Err(e) => error(format!("set clock: {e}")),
+            },
+            Request::MountShare { tag, path } => {
+                if !path.starts_with('/') || path.split('/').any(|c| c == "..") || tag.is_empty() {
+                    error("share path must be absolute without '..', tag non-empty")
+                } else {
+                    match mounts::share(&tag, &path) {
+                        Ok(()) => Response::Ok,
+                        Err(e) => error(format!("mount {tag} on {path}: {e}")),
+                    }
+                }
+            }
+            Request::WatchPorts => return watch_ports(reader, conn),
+            Request::Shutdown { reboot } => {
+                write_frame(&mut conn, &Response::Ok)?;
+                if pid1 {
+                    shutdown::run(reboot);
+                } else {
+                    std::process::exit(0);
+                }
+                return Ok(());
+            }
+            other => error(format!("unexpected request {other:?}")),
+        };
+        write_frame(&mut conn, &resp)?;
+    }
+}
+
+fn watch_ports<S: Duplex>(mut reader: FrameReader<S>, mut conn: S) -> Result<(), ProtocolError> {
+    let closed = Arc::new(AtomicBool::new(false));
+    let c = closed.clone();
+    std::thread::spawn(move || {
+        while let Ok(Some(_)) | Err(ProtocolError::Malformed(_)) = reader.read::<Request>() {}
+        c.store(true, Ordering::SeqCst);
+    });
+    let mut known = Default::default();
+    while !closed.load(Ordering::SeqCst) {
+        let now = ports::snapshot();
+        for ev in ports::diff(&known, &now) {
+            write_frame(&mut conn, &Response::Port(ev))?;
+        }
+        known = now;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Ok(())
+}

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Build the vmctl guest kernel from Debian's linux-source package, cached by input hash.
+#
+# Usage: build-kernel.sh [x86_64]        (arm64 fragments exist for the macOS path; they
+#                                          are not built on x86_64 hosts)
+# Prints progress on stderr and, last on stdout, the cache directory holding
+# `bzImage` and `.config`. Idempotent: when ~/.cache/vmctl/kernel/<hash>/bzImage exists
+# it is reused without building. The hash covers this script, the fragments and the
+# source tarball, so changing any of them gives a new kernel.
+#
+# Written as a script rather than Rust because it is a straight sequence of the kernel's
+# own make targets; `vmctl image build` calls it and parses the last line.
+set -euo pipefail
+
+arch="${1:-x86_64}"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+src_tar="${VMCTL_LINUX_SOURCE:-$(ls /usr/src/linux-source-*.tar.xz 2>/dev/null | sort -V | tail -n1)}"
+cache_root="${VMCTL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/vmctl}/kernel"
+jobs="${VMCTL_KERNEL_JOBS:-$(nproc)}"
+
+log() { printf '[kernel %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+[ -f "$src_tar" ] || { echo "error: no /usr/src/linux-source-*.tar.xz (apt-get install linux-source-6.1)" >&2; exit 1; }
+case "$arch" in
+  x86_64) karch=x86_64; defconfig=x86_64_defconfig; image=arch/x86/boot/bzImage ;;
+  *) echo "error: building a $arch kernel is not supported on this host" >&2; exit 1 ;;
+esac
+
+fragments=("$here/common/base.config" "$here/$arch/guest.config")
+# Hash of everything that determines the output: tarball identity (name, size, mtime is
+# not stable across installs, so its content hash), fragments and this script.
+tar_sum_file="$cache_root/.tarsum-$(basename "$src_tar")-$(stat -c %s "$src_tar")"
+mkdir -p "$cache_root"
+if [ ! -s "$tar_sum_file" ]; then
+  log "hashing $src_tar"
+  sha256sum "$src_tar" | cut -d' ' -f1 > "$tar_sum_file.tmp" && mv "$tar_sum_file.tmp" "$tar_sum_file"
+fi
+hash="$( { echo "$arch"; cat "$tar_sum_file"; cat "${fragments[@]}" "$here/build-kernel.sh"; } | sha256sum | cut -c1-16)"
+out="$cache_root/$hash"
+
+if [ -s "$out/bzImage" ] && [ -s "$out/.config" ]; then
+  log "cached: $out"
+  echo "$out"
+  exit 0
+fi
+
+work="$cache_root/build-$hash"
+rm -rf "$work"
+mkdir -p "$work"
+trap 'rm -rf "$work"' EXIT
+log "extracting $(basename "$src_tar") into $work"
+tar -C "$work" --strip-components=1 -xaf "$src_tar"
+cd "$work"
+
+# Reproducible build identity.
+export KBUILD_BUILD_USER=vmctl KBUILD_BUILD_HOST=vmctl KBUILD_BUILD_VERSION=1
+export KBUILD_BUILD_TIMESTAMP="${SOURCE_DATE_EPOCH:+@$SOURCE_DATE_EPOCH}"
+[ -n "$KBUILD_BUILD_TIMESTAMP" ] || export KBUILD_BUILD_TIMESTAMP="1970-01-01"
+
+log "configuring: $defconfig + ${fragments[*]##*/kernel-config/}"
+make -s ARCH="$karch" "$defconfig" >&2
+scripts/kconfig/merge_config.sh -m .config "${fragments[@]}" >/dev/null
+make -s ARCH="$karch" olddefconfig >&2
+
+# Every explicit fragment value must have survived olddefconfig (a dependency that is not
+# met silently drops an option); report each that did not.
+dropped=0
+while IFS= read -r line; do
+  case "$line" in
+    CONFIG_*=*) key="${line%%=*}"; grep -qxF "$line" .config || { log "warning: $line requested, .config has: $(grep -E "^(# )?$key[= ]" .config || echo unset)"; dropped=1; } ;;
+    "# CONFIG_"*" is not set") key="${line#\# }"; key="${key%% *}"; grep -qE "^$key=" .config && { log "warning: $key requested off but is on"; dropped=1; } ;;
+  esac
+done < <(cat "${fragments[@]}")
+[ "$dropped" = 0 ] || log "some fragment options did not apply (see warnings above)"
+
+"$here/check-config.sh" .config >&2
+
+log "compiling bzImage with -j$jobs (progress every 500 objects)"
+start=$(date +%s)
+make ARCH="$karch" -j"$jobs" "$(basename "$image")" 2>&1 | awk -v s="$start" '
+  /^  CC / { n++; if (n % 500 == 0) { printf "[kernel] %d objects compiled, %ds\n", n, systime() - s > "/dev/stderr"; fflush("/dev/stderr") } }
+  /error|Error/ { print > "/dev/stderr" }'
+[ "${PIPESTATUS[0]}" = 0 ] || { log "make failed"; exit 1; }
+[ -s "$image" ] || { log "make produced no $image"; exit 1; }
+
+mkdir -p "$out.tmp"
+cp "$image" "$out.tmp/bzImage"
+cp .config "$out.tmp/.config"
+rm -rf "$out"
+mv "$out.tmp" "$out"
+log "built in $(( $(date +%s) - start ))s: $out/bzImage ($(stat -c %s "$out/bzImage") bytes)"
+echo "$out"
