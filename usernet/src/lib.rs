@@ -1,8 +1,470 @@
-//! `usernet`: user-mode NAT networking.
+//! `usernet`: user-mode NAT networking for vmctl VMs.
 //!
-//! Owns a frames-in/frames-out NAT: a TCP/IP stack facing the VM, host sockets on the
-//! other side, DHCP, DNS forwarding, TCP/UDP/ICMP NAT, a gateway that reaches the host's
-//! loopback and inbound port forwards. Transports: in-process virtio-net, QEMU's
-//! `-netdev stream` socket and a TAP device.
+//! The core, [`UserNet`], is frames-in/frames-out and transport-neutral: feed it the
+//! guest's Ethernet frames with [`UserNet::receive_frame`], let it work with
+//! [`UserNet::process`], and take the frames for the guest with [`UserNet::next_frame`]
+//! (or [`UserNet::take_frame`]). Host sockets live in a `mio` poller owned by the
+//! instance: a transport registers its own fd in [`UserNet::registry`] under a token below
+//! [`TRANSPORT_TOKENS`] and blocks in [`UserNet::wait`]; an embedder with its own event
+//! loop (the builtin VMM's virtio-net device) instead watches [`UserNet::as_raw_fd`] and
+//! calls `wait(Some(Duration::ZERO), ..)` when it is readable, honouring
+//! [`UserNet::poll_delay`] for timers.
 //!
-//! Status: not built yet (see the README status table).
+//! ```no_run
+//! # fn demo(guest_frame: &[u8]) -> Result<(), usernet::UserNetError> {
+//! let mut net = usernet::UserNet::new(usernet::Config::default())?;
+//! net.receive_frame(guest_frame);
+//! net.process();
+//! let mut buf = vec![0u8; 65536];
+//! while let Some(n) = net.next_frame(&mut buf) {
+//!     // hand buf[..n] to the guest
+//!     # let _ = n;
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! ## Why smoltcp, and what is hand-written
+//!
+//! The guest side of TCP is terminated in [smoltcp](https://docs.rs/smoltcp): a small,
+//! allocation-bounded, well-tested TCP/IP stack in safe Rust that needs no kernel help
+//! (so it runs on macOS and Windows too) and supports window scaling and large MTUs.
+//! Each guest TCP connection is a smoltcp socket spliced to a non-blocking host socket
+//! (`tcp` module). smoltcp has no NAT, DHCP server or DNS forwarder and its UDP/ICMP
+//! sockets bind local addresses only, so these are written here on top of
+//! `smoltcp::wire`: DHCP server (`dhcp`), UDP NAT with idle timeouts (`udp`), ICMP echo
+//! via unprivileged ping sockets (`icmp`), the resolv.conf-following DNS forwarder
+//! (`dns`), and TCP RSTs for refused connects (`wire`). Guest frames are classified in
+//! this module; only ARP and TCP reach smoltcp. IPv6 and IPv4 fragments are dropped
+//! (the guest gets no IPv6 route, so it falls back to IPv4 at once; Linux TCP sets DF).
+
+mod config;
+mod device;
+mod dhcp;
+mod dns;
+pub mod fuzz;
+mod icmp;
+mod tcp;
+mod udp;
+mod wire;
+
+#[cfg(target_os = "linux")]
+pub mod netcfg;
+pub mod stream;
+#[cfg(target_os = "linux")]
+pub mod tap;
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
+
+use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet};
+use smoltcp::wire::{
+    EthernetAddress, EthernetFrame, EthernetProtocol, HardwareAddress, IpCidr, IpProtocol,
+    Ipv4Packet,
+};
+
+pub use config::{parse_mac, Config, ConfigError, Limits, PortForward, Proto};
+
+use device::FrameQueue;
+use wire::Link;
+
+/// Tokens `0..TRANSPORT_TOKENS` of [`UserNet::registry`] belong to the transport.
+pub const TRANSPORT_TOKENS: usize = 16;
+
+/// Token kinds (top byte) of the host sockets registered by the NAT tables.
+const KIND_SHIFT: u32 = 56;
+pub(crate) const KIND_TCP: usize = 1;
+pub(crate) const KIND_TCP_LISTEN: usize = 2;
+pub(crate) const KIND_UDP: usize = 3;
+pub(crate) const KIND_ICMP: usize = 4;
+
+/// Errors of the NAT core.
+#[derive(Debug, thiserror::Error)]
+pub enum UserNetError {
+    #[error("Invalid configuration")]
+    Config(#[from] ConfigError),
+    #[error("Cannot create the event poller")]
+    Poll(#[source] std::io::Error),
+    #[error("UDP port forwards are not supported yet ({0})")]
+    UdpForward(std::net::SocketAddr),
+    #[error("Cannot listen on {addr} for a port forward")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Counters, for tests and diagnostics.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub rx_frames: u64,
+    pub rx_dropped: u64,
+    pub tx_frames: u64,
+    pub tcp_connections: usize,
+    pub tcp_pending: usize,
+    pub udp_flows: usize,
+    pub icmp_flows: usize,
+}
+
+/// State shared by the NAT tables: the smoltcp interface and sockets, the frame queues.
+pub(crate) struct Core {
+    pub config: Config,
+    pub iface: Interface,
+    pub sockets: SocketSet<'static>,
+    pub device: FrameQueue,
+    pub guest_mac: Option<[u8; 6]>,
+    pub epoch: std::time::Instant,
+    pub next_token: usize,
+}
+
+impl Core {
+    pub fn now(&self) -> smoltcp::time::Instant {
+        smoltcp::time::Instant::from_micros(self.epoch.elapsed().as_micros() as i64)
+    }
+
+    /// Link endpoints for a frame towards the guest (broadcast until its MAC is known).
+    pub fn link(&self) -> Link {
+        Link {
+            src_mac: self.config.gateway_mac,
+            dst_mac: self.guest_mac.unwrap_or([0xff; 6]),
+        }
+    }
+
+    /// A fresh mio token of `kind`.
+    pub fn token(&mut self, kind: usize) -> mio::Token {
+        self.next_token = (self.next_token + 1) & ((1 << KIND_SHIFT) - 1);
+        mio::Token((kind << KIND_SHIFT) | self.next_token)
+    }
+
+    /// Maps an address the guest talks to onto the host address to use: the gateway is
+    /// the host's loopback; other guest-network addresses are not routed.
+    pub fn host_ip(&self, remote: Ipv4Addr) -> Option<Ipv4Addr> {
+        if remote == self.config.gateway_ip {
+            return Some(self.config.host_loopback);
+        }
+        if self.config.in_network(remote)
+            || remote.is_broadcast()
+            || remote.is_multicast()
+            || remote.is_unspecified()
+        {
+            return None;
+        }
+        Some(remote)
+    }
+
+    /// Runs smoltcp until it has nothing more to do or the tx queue is full.
+    pub fn pump(&mut self) {
+        let now = self.now();
+        self.iface.poll(now, &mut self.device, &mut self.sockets);
+        for _ in 0..4096 {
+            if self.device.tx_full() {
+                break;
+            }
+            let r = self
+                .iface
+                .poll_egress(now, &mut self.device, &mut self.sockets);
+            if r == smoltcp::iface::PollResult::None {
+                break;
+            }
+        }
+    }
+}
+
+/// A user-mode NAT instance serving one guest. See the crate docs for the API shape.
+pub struct UserNet {
+    core: Core,
+    poll: mio::Poll,
+    events: mio::Events,
+    ready: Vec<mio::Token>,
+    tcp: tcp::TcpNat,
+    udp: udp::UdpNat,
+    icmp: icmp::IcmpNat,
+    dns: dns::Resolvers,
+    stats: Stats,
+}
+
+impl UserNet {
+    /// Creates the stack and binds the configured port forwards on the host.
+    pub fn new(config: Config) -> Result<Self, UserNetError> {
+        config.validate()?;
+        let mut device = FrameQueue::new(
+            config.mtu,
+            config.limits.max_rx_frames,
+            config.limits.max_tx_frames,
+            config.verify_checksums,
+        );
+        let hw = HardwareAddress::Ethernet(EthernetAddress(config.gateway_mac));
+        let mut icfg = IfaceConfig::new(hw);
+        icfg.random_seed = seed();
+        let epoch = std::time::Instant::now();
+        let mut iface = Interface::new(icfg, &mut device, smoltcp::time::Instant::ZERO);
+        iface.update_ip_addrs(|addrs| {
+            // Capacity is 2 (smoltcp's default); exactly two addresses are pushed.
+            let _ = addrs.push(IpCidr::new(config.gateway_ip.into(), config.prefix_len));
+            let _ = addrs.push(IpCidr::new(config.dns_ip.into(), config.prefix_len));
+        });
+        // AnyIP + a default route via our own address: smoltcp accepts segments for every
+        // destination, which is what lets one socket stand in for any remote host.
+        iface.set_any_ip(true);
+        let _ = iface.routes_mut().add_default_ipv4_route(config.gateway_ip);
+        let poll = mio::Poll::new().map_err(UserNetError::Poll)?;
+        let core = Core {
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            device,
+            guest_mac: None,
+            epoch,
+            next_token: 0,
+            config,
+        };
+        let dns = dns::Resolvers::new(core.config.resolv_conf.clone());
+        let forwards = core.config.forwards.clone();
+        let mut net = Self {
+            core,
+            poll,
+            events: mio::Events::with_capacity(1024),
+            ready: Vec::new(),
+            tcp: tcp::TcpNat::new(),
+            udp: udp::UdpNat::new(),
+            icmp: icmp::IcmpNat::new(),
+            dns,
+            stats: Stats::default(),
+        };
+        for fwd in forwards {
+            net.add_forward(fwd)?;
+        }
+        Ok(net)
+    }
+
+    /// The poller transports register their fds in (tokens below [`TRANSPORT_TOKENS`]).
+    pub fn registry(&self) -> &mio::Registry {
+        self.poll.registry()
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &Config {
+        &self.core.config
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> Stats {
+        let mut s = self.stats.clone();
+        s.tcp_connections = self.tcp.connections();
+        s.tcp_pending = self.tcp.pending();
+        s.udp_flows = self.udp.flows();
+        s.icmp_flows = self.icmp.flows();
+        s
+    }
+
+    /// How long the stack may sleep before its timers need [`UserNet::process`].
+    pub fn poll_delay(&mut self) -> Duration {
+        let now = self.core.now();
+        let mut d = self
+            .core
+            .iface
+            .poll_delay(now, &self.core.sockets)
+            .map(|d| Duration::from_micros(d.total_micros()))
+            .unwrap_or(Duration::from_secs(1));
+        if self.udp.flows() > 0 || self.icmp.flows() > 0 || self.tcp.pending() > 0 {
+            d = d.min(Duration::from_secs(1));
+        }
+        d.min(Duration::from_secs(5))
+    }
+
+    /// Waits up to `timeout` (or less, for the stack's timers) for host socket events and
+    /// records them for [`UserNet::process`]; transport tokens that fired go to `ready`.
+    pub fn wait(
+        &mut self,
+        timeout: Option<Duration>,
+        ready: &mut Vec<mio::Token>,
+    ) -> std::io::Result<()> {
+        let own = self.poll_delay();
+        let t = Some(timeout.map_or(own, |t| t.min(own)));
+        match self.poll.poll(&mut self.events, t) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        for ev in self.events.iter() {
+            let tok = ev.token();
+            if tok.0 < TRANSPORT_TOKENS {
+                ready.push(tok);
+            } else {
+                self.ready.push(tok);
+                if ev.is_error() || ev.is_read_closed() || ev.is_write_closed() {
+                    // Let the owner find out the details through its next syscall.
+                    tracing::trace!(?tok, "socket closed/error event");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Feeds one Ethernet frame from the guest. Malformed or unsupported frames are
+    /// dropped (counted in [`Stats::rx_dropped`]).
+    pub fn receive_frame(&mut self, frame: &[u8]) {
+        self.stats.rx_frames += 1;
+        if !self.classify(frame) {
+            self.stats.rx_dropped += 1;
+        }
+    }
+
+    fn classify(&mut self, frame: &[u8]) -> bool {
+        let Ok(eth) = EthernetFrame::new_checked(frame) else {
+            return false;
+        };
+        let src = eth.src_addr();
+        if !src.is_unicast() || src.0 == self.core.config.gateway_mac {
+            return false;
+        }
+        match eth.ethertype() {
+            EthernetProtocol::Arp => self.core.device.push_rx(frame),
+            EthernetProtocol::Ipv4 => {
+                let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
+                    return false;
+                };
+                if self.core.config.verify_checksums && !ip.verify_checksum() {
+                    return false;
+                }
+                if ip.more_frags() || ip.frag_offset() != 0 {
+                    return false;
+                }
+                self.core.guest_mac = Some(src.0);
+                match ip.next_header() {
+                    IpProtocol::Tcp => self.tcp.guest_segment(
+                        &mut self.core,
+                        self.poll.registry(),
+                        &ip,
+                        frame,
+                        &mut self.dns,
+                    ),
+                    IpProtocol::Udp => self.udp.guest_datagram(
+                        &mut self.core,
+                        self.poll.registry(),
+                        &ip,
+                        &mut self.dns,
+                    ),
+                    IpProtocol::Icmp => {
+                        self.icmp
+                            .guest_icmp(&mut self.core, self.poll.registry(), &ip)
+                    }
+                    _ => false,
+                }
+            }
+            _ => false,
+        }
+    }
+
+    /// Does all pending work: host socket events, smoltcp, data between the two, timers.
+    pub fn process(&mut self) {
+        let registry = self.poll.registry();
+        for tok in self.ready.drain(..) {
+            match tok.0 >> KIND_SHIFT {
+                KIND_TCP => self.tcp.host_event(tok),
+                KIND_TCP_LISTEN => self.tcp.listener_event(tok),
+                KIND_UDP => self.udp.host_event(tok),
+                KIND_ICMP => self.icmp.host_event(tok),
+                _ => {}
+            }
+        }
+        self.tcp.accept_forwards(&mut self.core, registry);
+        self.tcp.finish_connects(&mut self.core, registry);
+        for _ in 0..64 {
+            self.core.pump();
+            let moved = self.tcp.service(&mut self.core, registry);
+            if !moved || self.core.device.tx_full() {
+                break;
+            }
+        }
+        self.core.pump();
+        self.udp.service(&mut self.core, registry, &mut self.dns);
+        self.icmp.service(&mut self.core, registry);
+        let now = std::time::Instant::now();
+        self.udp
+            .expire(now, registry, self.core.config.limits.udp_idle_timeout);
+        self.icmp.expire(now, registry);
+        self.tcp.expire(&mut self.core, registry, now);
+    }
+
+    /// Whether frames for the guest are waiting.
+    pub fn has_frames(&self) -> bool {
+        !self.core.device.tx.is_empty()
+    }
+
+    /// Copies the next frame for the guest into `buf`; frames longer than `buf` are dropped.
+    pub fn next_frame(&mut self, buf: &mut [u8]) -> Option<usize> {
+        loop {
+            let f = self.core.device.tx.pop_front()?;
+            self.stats.tx_frames += 1;
+            if let Some(dst) = buf.get_mut(..f.len()) {
+                dst.copy_from_slice(&f);
+                let n = f.len();
+                self.core.device.recycle(f);
+                return Some(n);
+            }
+            self.core.device.recycle(f);
+        }
+    }
+
+    /// Takes the next frame for the guest without copying; give it back with
+    /// [`UserNet::recycle`] to reuse its allocation.
+    pub fn take_frame(&mut self) -> Option<Vec<u8>> {
+        let f = self.core.device.tx.pop_front()?;
+        self.stats.tx_frames += 1;
+        Some(f)
+    }
+
+    /// Puts a frame taken with [`UserNet::take_frame`] back at the head (transport busy).
+    pub fn untake_frame(&mut self, frame: Vec<u8>) {
+        self.stats.tx_frames = self.stats.tx_frames.saturating_sub(1);
+        self.core.device.tx.push_front(frame);
+    }
+
+    /// Returns a frame buffer for reuse.
+    pub fn recycle(&mut self, frame: Vec<u8>) {
+        self.core.device.recycle(frame);
+    }
+
+    /// Adds an inbound port forward at run time.
+    pub fn add_forward(&mut self, fwd: PortForward) -> Result<(), UserNetError> {
+        match fwd.proto {
+            Proto::Tcp => self
+                .tcp
+                .add_forward(&mut self.core, self.poll.registry(), fwd),
+            Proto::Udp => Err(UserNetError::UdpForward(fwd.host)),
+        }
+    }
+
+    /// Removes an inbound port forward (existing connections stay up).
+    pub fn remove_forward(&mut self, fwd: &PortForward) {
+        match fwd.proto {
+            Proto::Tcp => self.tcp.remove_forward(self.poll.registry(), fwd),
+            Proto::Udp => {}
+        }
+    }
+
+    /// Host addresses the forwards are actually bound to (resolves port 0).
+    pub fn forward_addrs(&self) -> Vec<(PortForward, std::net::SocketAddr)> {
+        self.tcp.forward_addrs()
+    }
+}
+
+impl AsRawFd for UserNet {
+    /// The epoll fd: readable when host sockets have events for [`UserNet::wait`].
+    fn as_raw_fd(&self) -> RawFd {
+        self.poll.as_raw_fd()
+    }
+}
+
+fn seed() -> u64 {
+    let mut b = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    u64::from_ne_bytes(b)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+}

@@ -1,0 +1,234 @@
+//! Addressing, limits and port forwards of one [`crate::UserNet`] instance.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Errors in configuration values (command-line or API input).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("Invalid port forward {spec:?}: expected PROTO:[HOSTADDR:]HOSTPORT:GUESTPORT with PROTO tcp or udp")]
+    BadForward { spec: String },
+    #[error("Invalid MAC address {0:?}")]
+    BadMac(String),
+    #[error("Address {addr} is not inside the guest network {network}/{prefix}")]
+    OutsideNetwork {
+        addr: Ipv4Addr,
+        network: Ipv4Addr,
+        prefix: u8,
+    },
+    #[error("Invalid prefix length {0}: must be 8..=30")]
+    BadPrefix(u8),
+    #[error("MTU {0} is out of range 576..=65520")]
+    BadMtu(usize),
+}
+
+/// Transport protocol of an inbound port forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// An inbound port forward: connections to `host` on the host reach the guest's `guest_port`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PortForward {
+    pub proto: Proto,
+    pub host: SocketAddr,
+    pub guest_port: u16,
+}
+
+impl PortForward {
+    /// Parses `tcp:HOSTPORT:GUESTPORT` or `tcp:HOSTADDR:HOSTPORT:GUESTPORT` (also `udp:`).
+    /// The host address defaults to 127.0.0.1, like Docker Desktop's published ports.
+    pub fn parse(spec: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::BadForward {
+            spec: spec.to_string(),
+        };
+        let parts: Vec<&str> = spec.split(':').collect();
+        let (proto, addr, hport, gport) = match parts.as_slice() {
+            [p, h, g] => (*p, "127.0.0.1", *h, *g),
+            [p, a, h, g] => (*p, *a, *h, *g),
+            _ => return Err(bad()),
+        };
+        let proto = match proto {
+            "tcp" => Proto::Tcp,
+            "udp" => Proto::Udp,
+            _ => return Err(bad()),
+        };
+        let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+        let hport: u16 = hport.parse().map_err(|_| bad())?;
+        let gport: u16 = gport.parse().map_err(|_| bad())?;
+        if gport == 0 {
+            return Err(bad());
+        }
+        Ok(Self {
+            proto,
+            host: SocketAddr::V4(SocketAddrV4::new(addr, hport)),
+            guest_port: gport,
+        })
+    }
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], ConfigError> {
+    let mut mac = [0u8; 6];
+    let mut n = 0;
+    for (i, part) in s.split(':').enumerate() {
+        let slot = mac
+            .get_mut(i)
+            .ok_or_else(|| ConfigError::BadMac(s.to_string()))?;
+        *slot = u8::from_str_radix(part, 16).map_err(|_| ConfigError::BadMac(s.to_string()))?;
+        n += 1;
+    }
+    if n != 6 {
+        return Err(ConfigError::BadMac(s.to_string()));
+    }
+    Ok(mac)
+}
+
+/// Everything a [`crate::UserNet`] needs to know. `Config::default()` is slirp's layout.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Guest network, e.g. 10.0.2.0 with `prefix_len` 24.
+    pub network: Ipv4Addr,
+    pub prefix_len: u8,
+    /// The address the guest gets (DHCP) or is configured with (TAP).
+    pub guest_ip: Ipv4Addr,
+    /// Gateway; connections to it reach `host_loopback` on the host (host.docker.internal).
+    pub gateway_ip: Ipv4Addr,
+    /// DNS forwarder address inside the guest network.
+    pub dns_ip: Ipv4Addr,
+    /// What the gateway address maps to on the host.
+    pub host_loopback: Ipv4Addr,
+    /// MAC address of the gateway/DNS side.
+    pub gateway_mac: [u8; 6],
+    /// IP MTU offered to the guest (DHCP option 26) and used on the TAP device.
+    pub mtu: usize,
+    /// Resolver configuration to forward DNS to; re-read when it changes.
+    pub resolv_conf: PathBuf,
+    /// Inbound port forwards.
+    pub forwards: Vec<PortForward>,
+    /// Verify IPv4/TCP/UDP/ICMP checksums of guest frames (off for a trusted local TAP).
+    pub verify_checksums: bool,
+    /// Limits that bound memory whatever the guest sends.
+    pub limits: Limits,
+}
+
+/// Bounds on every table and buffer; the guest cannot grow memory past them.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Established + half-open TCP connections (each has two `tcp_buffer` buffers).
+    pub max_tcp_connections: usize,
+    /// Outbound TCP connects in progress (SYN flood bound).
+    pub max_pending_connects: usize,
+    /// Receive and send buffer of each guest-side TCP socket, bytes.
+    pub tcp_buffer: usize,
+    pub max_udp_flows: usize,
+    pub udp_idle_timeout: Duration,
+    pub max_icmp_flows: usize,
+    /// Frames queued towards the guest before the stack stops producing.
+    pub max_tx_frames: usize,
+    /// Frames queued from the guest before further ones are dropped.
+    pub max_rx_frames: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_tcp_connections: 4096,
+            max_pending_connects: 1024,
+            tcp_buffer: 512 * 1024,
+            max_udp_flows: 1024,
+            udp_idle_timeout: Duration::from_secs(60),
+            max_icmp_flows: 64,
+            max_tx_frames: 512,
+            max_rx_frames: 1024,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            network: Ipv4Addr::new(10, 0, 2, 0),
+            prefix_len: 24,
+            guest_ip: Ipv4Addr::new(10, 0, 2, 15),
+            gateway_ip: Ipv4Addr::new(10, 0, 2, 2),
+            dns_ip: Ipv4Addr::new(10, 0, 2, 3),
+            host_loopback: Ipv4Addr::LOCALHOST,
+            gateway_mac: [0x52, 0x55, 0x0a, 0x00, 0x02, 0x02],
+            mtu: 65520,
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            forwards: Vec::new(),
+            verify_checksums: true,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Netmask of the guest network.
+    pub fn netmask(&self) -> Ipv4Addr {
+        let bits = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix_len))
+            .unwrap_or(0);
+        Ipv4Addr::from(bits)
+    }
+
+    /// Whether `addr` is inside the guest network.
+    pub fn in_network(&self, addr: Ipv4Addr) -> bool {
+        let mask = u32::from(self.netmask());
+        u32::from(addr) & mask == u32::from(self.network) & mask
+    }
+
+    /// Checks that the addresses are consistent.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(8..=30).contains(&self.prefix_len) {
+            return Err(ConfigError::BadPrefix(self.prefix_len));
+        }
+        if !(576..=65520).contains(&self.mtu) {
+            return Err(ConfigError::BadMtu(self.mtu));
+        }
+        for addr in [self.guest_ip, self.gateway_ip, self.dns_ip] {
+            if !self.in_network(addr) {
+                return Err(ConfigError::OutsideNetwork {
+                    addr,
+                    network: self.network,
+                    prefix: self.prefix_len,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_forward_parse_short_and_long_forms() {
+        let f = PortForward::parse("tcp:8080:80").expect("short form");
+        assert_eq!(f.host, "127.0.0.1:8080".parse().expect("addr"));
+        assert_eq!(f.guest_port, 80);
+        let f = PortForward::parse("udp:0.0.0.0:53:5353").expect("long form");
+        assert_eq!(f.proto, Proto::Udp);
+        assert_eq!(f.host, "0.0.0.0:53".parse().expect("addr"));
+        for bad in ["tcp:1", "sctp:1:2", "tcp:x:2", "tcp:1:0", "tcp:1:2:3:4", ""] {
+            assert!(PortForward::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn test_config_default_is_valid_and_masks() {
+        let c = Config::default();
+        c.validate().expect("default valid");
+        assert_eq!(c.netmask(), Ipv4Addr::new(255, 255, 255, 0));
+        assert!(c.in_network(Ipv4Addr::new(10, 0, 2, 200)));
+        assert!(!c.in_network(Ipv4Addr::new(10, 0, 3, 1)));
+        assert_eq!(parse_mac("52:55:0a:00:02:02").expect("mac"), c.gateway_mac);
+        assert!(parse_mac("52:55").is_err());
+        assert!(parse_mac("52:55:0a:00:02:02:01").is_err());
+    }
+}

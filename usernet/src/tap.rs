@@ -1,0 +1,216 @@
+//! TAP transport: `usernet tap --netns PATH`. Creates the TAP inside the namespace,
+//! configures it like `pasta --config-net`, then serves frames until SIGTERM/SIGINT.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mio::unix::SourceFd;
+use mio::{Interest, Token};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+
+use crate::netcfg::{self, IfConfig, NetcfgError, NsGuard, Tap};
+use crate::{Config, UserNet, UserNetError};
+
+const TAP_TOKEN: Token = Token(0);
+const SIGNAL_TOKEN: Token = Token(1);
+/// Frames read from the TAP per pass before the stack gets to run.
+const READ_BATCH: usize = 128;
+const VNET_HDR_LEN: usize = 12;
+/// virtio_net_hdr.flags: checksum already verified.
+const VIRTIO_NET_HDR_F_DATA_VALID: u8 = 2;
+
+/// Errors of the TAP transport.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    #[error("Cannot set up the namespace side")]
+    Netcfg(#[from] NetcfgError),
+    #[error("Cannot start the NAT")]
+    Net(#[from] UserNetError),
+    #[error("TAP I/O failed")]
+    Io(#[source] io::Error),
+    #[error("Cannot install signal handlers")]
+    Signals(#[source] io::Error),
+}
+
+/// What `usernet tap` was asked to do.
+pub struct TapOptions {
+    pub netns: PathBuf,
+    pub ifname: String,
+    /// Use IFF_VNET_HDR so neither side computes or verifies checksums.
+    pub vnet_hdr: bool,
+    /// Write /etc/netns/NAME/resolv.conf.
+    pub configure_resolver: bool,
+}
+
+/// Creates and configures the TAP in the namespace; the calling thread ends up back in
+/// its own namespace.
+pub fn setup(opts: &TapOptions, config: &Config) -> Result<(Tap, Option<PathBuf>), TapError> {
+    let guard = NsGuard::enter(&opts.netns)?;
+    let tap = netcfg::open_tap(&opts.ifname, opts.vnet_hdr)?;
+    netcfg::configure(&IfConfig {
+        ifname: opts.ifname.clone(),
+        addr: config.guest_ip,
+        netmask: config.netmask(),
+        gateway: config.gateway_ip,
+        mtu: config.mtu,
+    })?;
+    guard.leave()?;
+    let resolver = if opts.configure_resolver {
+        netcfg::write_resolver(&opts.netns, config.dns_ip)?
+    } else {
+        None
+    };
+    Ok((tap, resolver))
+}
+
+/// Sets up the TAP and serves it until SIGTERM or SIGINT.
+pub fn run(opts: &TapOptions, mut config: Config) -> Result<(), TapError> {
+    let (tap, resolver) = setup(opts, &config)?;
+    if tap.vnet_hdr {
+        // The peer is the local kernel: it checksums what it sends (or marks it valid).
+        config.verify_checksums = false;
+    }
+    let result = serve(&tap, config, ready_notice);
+    if let Some(path) = resolver {
+        let _ = std::fs::remove_file(&path);
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+    result
+}
+
+fn ready_notice(net: &UserNet) {
+    for (fwd, addr) in net.forward_addrs() {
+        tracing::info!(%addr, guest_port = fwd.guest_port, "forwarding");
+    }
+    tracing::info!("ready");
+}
+
+fn read_frame(
+    fd: RawFd,
+    hdr: &mut [u8; VNET_HDR_LEN],
+    buf: &mut [u8],
+    vnet: bool,
+) -> io::Result<usize> {
+    let mut iov = [
+        libc::iovec {
+            iov_base: hdr.as_mut_ptr().cast(),
+            iov_len: hdr.len(),
+        },
+        libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        },
+    ];
+    let (iov, cnt) = if vnet {
+        (&mut iov[..], 2)
+    } else {
+        (&mut iov[1..], 1)
+    };
+    // SAFETY: the iovecs point to live, writable buffers of the stated lengths.
+    let n = unsafe { libc::readv(fd, iov.as_mut_ptr(), cnt) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    Ok(if vnet {
+        n.saturating_sub(VNET_HDR_LEN)
+    } else {
+        n
+    })
+}
+
+fn write_frame(fd: RawFd, frame: &[u8], vnet: bool) -> io::Result<()> {
+    let hdr = [VIRTIO_NET_HDR_F_DATA_VALID, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let iov = [
+        libc::iovec {
+            iov_base: hdr.as_ptr() as *mut libc::c_void,
+            iov_len: hdr.len(),
+        },
+        libc::iovec {
+            iov_base: frame.as_ptr() as *mut libc::c_void,
+            iov_len: frame.len(),
+        },
+    ];
+    let iov = if vnet { &iov[..] } else { &iov[1..] };
+    // SAFETY: the iovecs point to live buffers of the stated lengths; writev only reads.
+    let n = unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Serves an open TAP with a new [`UserNet`] until SIGTERM/SIGINT.
+pub fn serve(tap: &Tap, config: Config, on_ready: fn(&UserNet)) -> Result<(), TapError> {
+    let fd = tap.fd.as_raw_fd();
+    let vnet = tap.vnet_hdr;
+    let mut net = UserNet::new(config)?;
+    net.registry()
+        .register(&mut SourceFd(&fd), TAP_TOKEN, Interest::READABLE)
+        .map_err(TapError::Io)?;
+    let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(TapError::Signals)?;
+    net.registry()
+        .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
+        .map_err(TapError::Signals)?;
+    on_ready(&net);
+    let mut buf = vec![0u8; 65536 + 64];
+    let mut hdr = [0u8; VNET_HDR_LEN];
+    let mut ready = Vec::new();
+    let mut tap_readable = true;
+    loop {
+        ready.clear();
+        let timeout = if tap_readable {
+            Some(Duration::ZERO)
+        } else {
+            None
+        };
+        net.wait(timeout, &mut ready).map_err(TapError::Io)?;
+        if ready.contains(&SIGNAL_TOKEN) && signals.pending().next().is_some() {
+            tracing::info!("signal received: exiting");
+            return Ok(());
+        }
+        if ready.contains(&TAP_TOKEN) {
+            tap_readable = true;
+        }
+        let mut n = 0;
+        while tap_readable && n < READ_BATCH {
+            match read_frame(fd, &mut hdr, &mut buf, vnet) {
+                Ok(len) => {
+                    n += 1;
+                    if let Some(frame) = buf.get(..len) {
+                        net.receive_frame(frame);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => tap_readable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(TapError::Io(e)),
+            }
+        }
+        // Run the stack and flush until it stops producing (each flush may free room).
+        for _ in 0..16 {
+            net.process();
+            let mut wrote = 0;
+            while let Some(frame) = net.take_frame() {
+                match write_frame(fd, &frame, vnet) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        net.untake_frame(frame);
+                        break;
+                    }
+                    // The guest side may be down (EIO before the link is up): drop.
+                    Err(e) => tracing::trace!(error = %e, "TAP write failed"),
+                }
+                wrote += 1;
+                net.recycle(frame);
+            }
+            if wrote == 0 {
+                break;
+            }
+        }
+    }
+}

@@ -1,0 +1,537 @@
+//! TCP NAT: each guest connection is a smoltcp socket spliced to a non-blocking host
+//! socket. Outbound: the guest's SYN is held while the host connect runs, then replayed
+//! into a smoltcp socket listening on exactly that destination (so a refused connect
+//! becomes a RST, not an accepted-then-reset connection). Inbound forwards: a host
+//! listener whose accepted sockets get a smoltcp socket connecting to the guest.
+//!
+//! Data moves only while the other side has room (smoltcp buffers are fixed-size and the
+//! host socket is non-blocking), so memory per connection is bounded and backpressure
+//! reaches both peers as a shrinking TCP window.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry, Token};
+use smoltcp::iface::SocketHandle;
+use smoltcp::socket::tcp::{self, State};
+use smoltcp::wire::{IpListenEndpoint, Ipv4Packet, TcpPacket};
+
+use crate::dns::Resolvers;
+use crate::wire::tcp_rst_frame;
+use crate::{Core, PortForward, UserNetError, KIND_TCP, KIND_TCP_LISTEN};
+
+/// How long an outbound connect may take before the guest gets a RST.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// (guest endpoint, remote endpoint as the guest sees it).
+type FlowKey = (SocketAddrV4, SocketAddrV4);
+
+struct Pending {
+    stream: TcpStream,
+    token: Token,
+    syn: Vec<u8>,
+    seq: u32,
+    started: Instant,
+}
+
+struct Conn {
+    handle: SocketHandle,
+    stream: TcpStream,
+    token: Token,
+    readable: bool,
+    writable: bool,
+    /// The host side sent EOF (and the guest side was closed).
+    host_eof: bool,
+    /// We shut down the host socket's write half after the guest's FIN.
+    host_shut: bool,
+    /// The guest sent FIN.
+    guest_fin: bool,
+    dead: bool,
+}
+
+struct Listener {
+    listener: TcpListener,
+    fwd: PortForward,
+    addr: SocketAddr,
+    ready: bool,
+}
+
+pub struct TcpNat {
+    pending: HashMap<FlowKey, Pending>,
+    pending_tokens: HashMap<Token, FlowKey>,
+    conns: HashMap<FlowKey, Conn>,
+    conn_tokens: HashMap<Token, FlowKey>,
+    listeners: HashMap<Token, Listener>,
+    next_port: u16,
+}
+
+fn v4(ep: smoltcp::wire::IpEndpoint) -> Option<SocketAddrV4> {
+    match ep.addr {
+        smoltcp::wire::IpAddress::Ipv4(a) => Some(SocketAddrV4::new(a, ep.port)),
+    }
+}
+
+impl TcpNat {
+    pub fn new() -> Self {
+        Self {
+            pending: HashMap::new(),
+            pending_tokens: HashMap::new(),
+            conns: HashMap::new(),
+            conn_tokens: HashMap::new(),
+            listeners: HashMap::new(),
+            next_port: 49152,
+        }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn new_socket(core: &Core) -> tcp::Socket<'static> {
+        let n = core.config.limits.tcp_buffer;
+        let mut s = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0u8; n]),
+            tcp::SocketBuffer::new(vec![0u8; n]),
+        );
+        s.set_nagle_enabled(false);
+        s.set_ack_delay(None);
+        s.set_keep_alive(Some(smoltcp::time::Duration::from_secs(60)));
+        s.set_timeout(Some(smoltcp::time::Duration::from_secs(300)));
+        s
+    }
+
+    /// Handles a TCP segment from the guest. Returns false if it was dropped.
+    pub fn guest_segment(
+        &mut self,
+        core: &mut Core,
+        registry: &Registry,
+        ip: &Ipv4Packet<&[u8]>,
+        frame: &[u8],
+        dns: &mut Resolvers,
+    ) -> bool {
+        let Ok(seg) = TcpPacket::new_checked(ip.payload()) else {
+            return false;
+        };
+        let is_syn = seg.syn() && !seg.ack() && !seg.rst() && !seg.fin();
+        if !is_syn {
+            return core.device.push_rx(frame);
+        }
+        let guest = SocketAddrV4::new(ip.src_addr(), seg.src_port());
+        let remote = SocketAddrV4::new(ip.dst_addr(), seg.dst_port());
+        let key = (guest, remote);
+        if self.conns.contains_key(&key) {
+            return core.device.push_rx(frame);
+        }
+        if self.pending.contains_key(&key) {
+            return true; // retransmitted SYN while connecting: keep waiting
+        }
+        if guest.port() == 0 || remote.port() == 0 {
+            return false;
+        }
+        let seq = seg.seq_number().0 as u32;
+        let link = core.link();
+        let rst = |core: &mut Core| {
+            let f = tcp_rst_frame(
+                link,
+                (*remote.ip(), remote.port()),
+                (*guest.ip(), guest.port()),
+                None,
+                Some(seq.wrapping_add(1)),
+            );
+            core.device.push_tx(f);
+            true
+        };
+        let limits = &core.config.limits;
+        if self.pending.len() >= limits.max_pending_connects
+            || self.conns.len() + self.pending.len() >= limits.max_tcp_connections
+        {
+            tracing::debug!(%guest, %remote, "TCP table full: refusing");
+            return rst(core);
+        }
+        let target = if *remote.ip() == core.config.dns_ip && remote.port() == 53 {
+            dns.refresh(Instant::now());
+            dns.current()
+        } else {
+            core.host_ip(*remote.ip())
+                .map(|ip| SocketAddr::V4(SocketAddrV4::new(ip, remote.port())))
+        };
+        let Some(target) = target else {
+            return rst(core);
+        };
+        let mut stream = match TcpStream::connect(target) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%target, error = %e, "connect failed at once");
+                return rst(core);
+            }
+        };
+        let token = core.token(KIND_TCP);
+        if registry
+            .register(&mut stream, token, Interest::WRITABLE | Interest::READABLE)
+            .is_err()
+        {
+            return rst(core);
+        }
+        self.pending_tokens.insert(token, key);
+        self.pending.insert(
+            key,
+            Pending {
+                stream,
+                token,
+                syn: frame.to_vec(),
+                seq,
+                started: Instant::now(),
+            },
+        );
+        true
+    }
+
+    /// Records readiness of a host socket (pending connect or connection).
+    pub fn host_event(&mut self, token: Token) {
+        if let Some(key) = self.conn_tokens.get(&token) {
+            if let Some(c) = self.conns.get_mut(key) {
+                c.readable = true;
+                c.writable = true;
+            }
+        }
+        // Pending connects are checked in finish_connects on every pass.
+    }
+
+    pub fn listener_event(&mut self, token: Token) {
+        if let Some(l) = self.listeners.get_mut(&token) {
+            l.ready = true;
+        }
+    }
+
+    /// Completes outbound connects whose host side finished (or failed).
+    pub fn finish_connects(&mut self, core: &mut Core, registry: &Registry) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut done = Vec::new();
+        for (key, p) in &self.pending {
+            match p.stream.take_error() {
+                Ok(Some(e)) => done.push((*key, Err(e))),
+                Err(e) => done.push((*key, Err(e))),
+                Ok(None) => match p.stream.peer_addr() {
+                    Ok(_) => done.push((*key, Ok(()))),
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
+                    Err(e) => done.push((*key, Err(e))),
+                },
+            }
+        }
+        for (key, result) in done {
+            let Some(mut p) = self.pending.remove(&key) else {
+                continue;
+            };
+            self.pending_tokens.remove(&p.token);
+            let (guest, remote) = key;
+            if let Err(e) = result {
+                tracing::debug!(%guest, %remote, error = %e, "connect refused/failed");
+                let _ = registry.deregister(&mut p.stream);
+                let f = tcp_rst_frame(
+                    core.link(),
+                    (*remote.ip(), remote.port()),
+                    (*guest.ip(), guest.port()),
+                    None,
+                    Some(p.seq.wrapping_add(1)),
+                );
+                core.device.push_tx(f);
+                continue;
+            }
+            let _ = p.stream.set_nodelay(true);
+            let mut sock = Self::new_socket(core);
+            let ep = IpListenEndpoint {
+                addr: Some((*remote.ip()).into()),
+                port: remote.port(),
+            };
+            if sock.listen(ep).is_err() {
+                continue;
+            }
+            let handle = core.sockets.add(sock);
+            self.conn_tokens.insert(p.token, key);
+            self.conns.insert(
+                key,
+                Conn {
+                    handle,
+                    stream: p.stream,
+                    token: p.token,
+                    readable: true,
+                    writable: true,
+                    host_eof: false,
+                    host_shut: false,
+                    guest_fin: false,
+                    dead: false,
+                },
+            );
+            // Replay the SYN now that a socket listens for it, before any other listener
+            // for the same destination exists (so each SYN meets its own socket).
+            core.device.push_rx(&p.syn);
+            core.pump();
+        }
+    }
+
+    /// Accepts host connections on the forward listeners.
+    pub fn accept_forwards(&mut self, core: &mut Core, registry: &Registry) {
+        let limit = core.config.limits.max_tcp_connections;
+        let mut accepted = Vec::new();
+        for l in self.listeners.values_mut() {
+            while l.ready {
+                match l.listener.accept() {
+                    Ok((stream, peer)) => accepted.push((stream, peer, l.fwd)),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => l.ready = false,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        l.ready = false;
+                    }
+                }
+            }
+        }
+        for (mut stream, peer, fwd) in accepted {
+            if self.conns.len() + self.pending.len() >= limit {
+                tracing::debug!(%peer, "TCP table full: dropping forwarded connection");
+                continue;
+            }
+            let mut sock = Self::new_socket(core);
+            let port = self.ephemeral_port(core);
+            let guest = SocketAddrV4::new(core.config.guest_ip, fwd.guest_port);
+            let local = SocketAddrV4::new(core.config.gateway_ip, port);
+            if sock
+                .connect(
+                    core.iface.context(),
+                    (*guest.ip(), guest.port()),
+                    (*local.ip(), local.port()),
+                )
+                .is_err()
+            {
+                continue;
+            }
+            let token = core.token(KIND_TCP);
+            if registry
+                .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+                .is_err()
+            {
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let handle = core.sockets.add(sock);
+            let key = (guest, local);
+            self.conn_tokens.insert(token, key);
+            self.conns.insert(
+                key,
+                Conn {
+                    handle,
+                    stream,
+                    token,
+                    readable: true,
+                    writable: true,
+                    host_eof: false,
+                    host_shut: false,
+                    guest_fin: false,
+                    dead: false,
+                },
+            );
+        }
+    }
+
+    fn ephemeral_port(&mut self, core: &Core) -> u16 {
+        for _ in 0..16384 {
+            let p = self.next_port;
+            self.next_port = if p == u16::MAX { 49152 } else { p + 1 };
+            let key_local = SocketAddrV4::new(core.config.gateway_ip, p);
+            if !self.conns.keys().any(|(_, r)| *r == key_local) {
+                return p;
+            }
+        }
+        self.next_port
+    }
+
+    /// Moves data between smoltcp sockets and host sockets; returns whether any moved.
+    pub fn service(&mut self, core: &mut Core, registry: &Registry) -> bool {
+        let mut moved = false;
+        let mut dead = Vec::new();
+        for (key, c) in self.conns.iter_mut() {
+            let sock = core.sockets.get_mut::<tcp::Socket>(c.handle);
+            moved |= splice(c, sock);
+            if c.dead {
+                dead.push(*key);
+            }
+        }
+        for key in dead {
+            self.close_conn(core, registry, &key);
+        }
+        moved
+    }
+
+    fn close_conn(&mut self, core: &mut Core, registry: &Registry, key: &FlowKey) {
+        if let Some(mut c) = self.conns.remove(key) {
+            self.conn_tokens.remove(&c.token);
+            let _ = registry.deregister(&mut c.stream);
+            core.sockets.remove(c.handle);
+        }
+    }
+
+    /// Fails connects that took too long.
+    pub fn expire(&mut self, core: &mut Core, registry: &Registry, now: Instant) {
+        let stale: Vec<FlowKey> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.started) > CONNECT_TIMEOUT)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in stale {
+            if let Some(mut p) = self.pending.remove(&key) {
+                self.pending_tokens.remove(&p.token);
+                let _ = registry.deregister(&mut p.stream);
+                let (guest, remote) = key;
+                let f = tcp_rst_frame(
+                    core.link(),
+                    (*remote.ip(), remote.port()),
+                    (*guest.ip(), guest.port()),
+                    None,
+                    Some(p.seq.wrapping_add(1)),
+                );
+                core.device.push_tx(f);
+            }
+        }
+    }
+
+    pub fn add_forward(
+        &mut self,
+        core: &mut Core,
+        registry: &Registry,
+        fwd: PortForward,
+    ) -> Result<(), UserNetError> {
+        let mut listener = TcpListener::bind(fwd.host).map_err(|source| UserNetError::Listen {
+            addr: fwd.host,
+            source,
+        })?;
+        let addr = listener.local_addr().unwrap_or(fwd.host);
+        let token = core.token(KIND_TCP_LISTEN);
+        registry
+            .register(&mut listener, token, Interest::READABLE)
+            .map_err(|source| UserNetError::Listen {
+                addr: fwd.host,
+                source,
+            })?;
+        tracing::info!(host = %addr, guest_port = fwd.guest_port, "TCP port forward");
+        self.listeners.insert(
+            token,
+            Listener {
+                listener,
+                fwd,
+                addr,
+                ready: true,
+            },
+        );
+        Ok(())
+    }
+
+    pub fn remove_forward(&mut self, registry: &Registry, fwd: &PortForward) {
+        self.listeners.retain(|_, l| {
+            let keep = l.fwd != *fwd;
+            if !keep {
+                let _ = registry.deregister(&mut l.listener);
+            }
+            keep
+        });
+    }
+
+    pub fn forward_addrs(&self) -> Vec<(PortForward, SocketAddr)> {
+        self.listeners.values().map(|l| (l.fwd, l.addr)).collect()
+    }
+
+    /// Guest endpoints of live connections (for diagnostics).
+    #[allow(dead_code)]
+    pub fn endpoints(&self, core: &Core) -> Vec<(Option<SocketAddrV4>, Option<SocketAddrV4>)> {
+        self.conns
+            .values()
+            .map(|c| {
+                let s = core.sockets.get::<tcp::Socket>(c.handle);
+                (
+                    s.remote_endpoint().and_then(v4),
+                    s.local_endpoint().and_then(v4),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Moves bytes both ways for one connection and tracks closing; returns whether any moved.
+fn splice(c: &mut Conn, sock: &mut tcp::Socket<'static>) -> bool {
+    let mut moved = false;
+    // Guest -> host.
+    while c.writable && sock.can_recv() {
+        let stream = &mut c.stream;
+        match sock.recv(|buf| match stream.write(buf) {
+            Ok(n) => (n, Ok(n)),
+            Err(e) => (0, Err(e)),
+        }) {
+            Ok(Ok(0)) => break,
+            Ok(Ok(_)) => moved = true,
+            Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => c.writable = false,
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(Err(_)) => {
+                // Host reset or broke the connection: reset the guest side too.
+                sock.abort();
+                c.dead = true;
+                return true;
+            }
+            Err(_) => break,
+        }
+    }
+    let state = sock.state();
+    if matches!(
+        state,
+        State::CloseWait | State::LastAck | State::Closing | State::TimeWait
+    ) {
+        c.guest_fin = true;
+    }
+    if c.guest_fin && !c.host_shut && sock.recv_queue() == 0 {
+        let _ = c.stream.shutdown(Shutdown::Write);
+        c.host_shut = true;
+        moved = true;
+    }
+    // Host -> guest.
+    while c.readable && !c.host_eof && sock.can_send() {
+        let stream = &mut c.stream;
+        match sock.send(|buf| match stream.read(buf) {
+            Ok(n) => (n, Ok(n)),
+            Err(e) => (0, Err(e)),
+        }) {
+            Ok(Ok(0)) => {
+                c.host_eof = true;
+                sock.close();
+                moved = true;
+            }
+            Ok(Ok(_)) => moved = true,
+            Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => c.readable = false,
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(Err(_)) => {
+                sock.abort();
+                c.dead = true;
+                return true;
+            }
+            Err(_) => break,
+        }
+    }
+    match sock.state() {
+        State::Closed => {
+            if !(c.guest_fin && c.host_eof) {
+                // The guest reset the connection (or it timed out): reset the host side.
+                let _ = socket2::SockRef::from(&c.stream).set_linger(Some(Duration::ZERO));
+            }
+            c.dead = true;
+        }
+        State::TimeWait if c.host_shut && c.host_eof => c.dead = true,
+        _ => {}
+    }
+    moved
+}
