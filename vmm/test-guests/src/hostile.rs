@@ -1,0 +1,214 @@
+//! Hostile-guest modes: malformed queues and register accesses against virtio-blk.
+//! After each, the guest checks that the device still serves a good request, directly
+//! or after a device reset, and prints what happened.
+
+use crate::blk::{Blk, S_OK, TIMEOUT, T_IN};
+use crate::io::{rd, wr};
+use crate::report::Report;
+use crate::virtio::{self, Mmio, D_NEXT, D_WRITE};
+
+/// An address far outside any guest RAM.
+const OUTSIDE: u64 = 0x0000_7fff_0000_0000;
+/// How long a bad request may take before the guest gives up on it (ms).
+const BAD_MS: u64 = 1000;
+
+/// Publishes a three-descriptor read whose descriptors the caller already corrupted.
+fn bad_read(b: &mut Blk, desc: &[(u64, u32, u16, u16)]) -> (bool, u8) {
+    b.header(T_IN, 0);
+    for (i, &(addr, len, flags, next)) in desc.iter().enumerate() {
+        b.q.set_desc(i as u16, addr, len, flags, next);
+    }
+    b.q.push_avail(0);
+    b.q.notify();
+    let done = b.q.wait_used(BAD_MS).is_some();
+    (done, if done { b.status() } else { TIMEOUT })
+}
+
+/// A good read directly, else after a reset and re-initialisation.
+fn recover(b: &mut Blk) -> (&'static str, u32) {
+    let dev_status = b.mmio.status();
+    if b.good_read() {
+        return ("direct", dev_status);
+    }
+    match Blk::init(b.mmio) {
+        Ok(mut fresh) => {
+            let ok = fresh.good_read();
+            *b = fresh;
+            (if ok { "after_reset" } else { "no" }, dev_status)
+        }
+        Err(_) => ("no", dev_status),
+    }
+}
+
+fn report(r: &mut Report, name: &str, done: bool, st: u8, b: &mut Blk) {
+    let (how, dev_status) = recover(b);
+    r.check(
+        name,
+        how != "no",
+        format_args!(
+            "bad_completed={} bad_status={st} device_status={dev_status:#x} recovered={how}",
+            done as u8
+        ),
+    );
+}
+
+/// Runs hostile mode `mode` on the blk device at `mmio`.
+pub fn run(mode: &str, mmio: Mmio, r: &mut Report) {
+    let name = match mode {
+        "hostile_oob" => "hostile.oob",
+        "hostile_loop" => "hostile.loop",
+        "hostile_len" => "hostile.len",
+        "hostile_idx" => "hostile.idx",
+        "hostile_ring" => "hostile.ring",
+        "hostile_mmio" => "hostile.mmio",
+        "hostile_flood" => "hostile.flood",
+        _ => return r.fail("hostile", format_args!("unknown mode {mode}")),
+    };
+    let mut b = match Blk::init(mmio) {
+        Ok(b) => b,
+        Err(e) => return r.fail(name, format_args!("blk init: {e}")),
+    };
+    let (hdr, st, data) = (b.meta, b.meta + 0x10, b.data);
+    match mode {
+        "hostile_oob" => {
+            // Data buffer outside guest memory.
+            let (done, s) = bad_read(
+                &mut b,
+                &[
+                    (hdr, 16, D_NEXT, 1),
+                    (OUTSIDE, 512, D_WRITE | D_NEXT, 2),
+                    (st, 1, D_WRITE, 0),
+                ],
+            );
+            report(r, name, done, s, &mut b);
+        }
+        "hostile_loop" => {
+            // The header descriptor chains to itself.
+            let (done, s) = bad_read(&mut b, &[(hdr, 16, D_NEXT, 0)]);
+            report(r, name, done, s, &mut b);
+        }
+        "hostile_len" => {
+            // A 4 GiB - 1 data buffer.
+            let (done, s) = bad_read(
+                &mut b,
+                &[
+                    (hdr, 16, D_NEXT, 1),
+                    (data, 0xffff_ffff, D_WRITE | D_NEXT, 2),
+                    (st, 1, D_WRITE, 0),
+                ],
+            );
+            report(r, name, done, s, &mut b);
+        }
+        "hostile_idx" => {
+            // The available index jumps 1000 entries ahead of the ring.
+            b.header(T_IN, 0);
+            b.q.set_desc(0, hdr, 16, D_NEXT, 1);
+            b.q.set_desc(1, b.data, 512, D_WRITE | D_NEXT, 2);
+            b.q.set_desc(2, st, 1, D_WRITE, 0);
+            let bogus = b.q.next_avail.wrapping_add(1000);
+            wr::<u16>(b.q.avail + 2, bogus);
+            b.q.notify();
+            let done = b.q.wait_used(BAD_MS).is_some();
+            // Put the index back so a direct retry is well-formed again.
+            wr::<u16>(b.q.avail + 2, b.q.next_avail);
+            b.q.last_used = rd::<u16>(b.q.used + 2);
+            report(
+                r,
+                name,
+                done,
+                if done { b.status() } else { TIMEOUT },
+                &mut b,
+            );
+        }
+        "hostile_ring" => {
+            // Rings outside guest memory, then DRIVER_OK and a notify.
+            let outcome = (|| -> Result<(), &'static str> {
+                mmio.negotiate(0)?;
+                mmio.w32(virtio::R_QUEUE_SEL, 0);
+                mmio.w32(virtio::R_QUEUE_NUM, 16);
+                for reg in [
+                    virtio::R_QUEUE_DESC,
+                    virtio::R_QUEUE_DRIVER,
+                    virtio::R_QUEUE_DEVICE,
+                ] {
+                    mmio.w32(reg, 0);
+                    mmio.w32(reg + 4, (OUTSIDE >> 32) as u32);
+                }
+                mmio.w32(virtio::R_QUEUE_READY, 1);
+                mmio.driver_ok();
+                mmio.w32(virtio::R_QUEUE_NOTIFY, 0);
+                Ok(())
+            })();
+            if let Err(e) = outcome {
+                return r.fail(name, format_args!("setup: {e}"));
+            }
+            report(r, name, false, TIMEOUT, &mut b);
+        }
+        "hostile_mmio" => {
+            mmio_abuse(mmio);
+            let magic = mmio.r32(virtio::R_MAGIC);
+            if magic != virtio::MAGIC {
+                return r.fail(name, format_args!("magic reads {magic:#x} after the abuse"));
+            }
+            report(r, name, false, 0, &mut b);
+        }
+        "hostile_flood" => {
+            let base = mmio.base;
+            for i in 0..100_000u32 {
+                let q = match i % 4 {
+                    0 | 1 => 0,
+                    2 => 7,
+                    _ => 0xffff,
+                };
+                wr::<u32>(base + virtio::R_QUEUE_NOTIFY, q);
+            }
+            let ok = b.read(0, 512);
+            r.check(
+                name,
+                ok == S_OK,
+                format_args!("notifies=100000 then read status={ok}"),
+            );
+        }
+        _ => {}
+    }
+}
+
+/// Unknown offsets, read-only registers written, and 1/2/8-byte accesses.
+fn mmio_abuse(m: Mmio) {
+    let base = m.base;
+    let mut sink = 0u64;
+    for off in [0x000u64, 0x001, 0x003, 0x070, 0x0fc, 0x100, 0xfff] {
+        sink = sink.wrapping_add(u64::from(rd::<u8>(base + off)));
+    }
+    for off in [0x000u64, 0x002, 0x030, 0x0fe, 0x100, 0xffe] {
+        sink = sink.wrapping_add(u64::from(rd::<u16>(base + off)));
+    }
+    for off in [0x000u64, 0x010, 0x080, 0x100, 0xff8] {
+        sink = sink.wrapping_add(rd::<u64>(base + off));
+    }
+    for off in [
+        0x018u64, 0x028, 0x03c, 0x0c0, 0x0f0, 0x0f8, 0x200, 0x800, 0xffc,
+    ] {
+        sink = sink.wrapping_add(u64::from(rd::<u32>(base + off)));
+    }
+    m.w32(virtio::R_DEV_FEATURES_SEL, 0xffff_ffff);
+    sink = sink.wrapping_add(u64::from(m.r32(virtio::R_DEV_FEATURES)));
+    // Writes to read-only and unknown registers, odd widths, out-of-range selectors.
+    for off in [
+        0x000u64, 0x004, 0x008, 0x00c, 0x010, 0x034, 0x060, 0x0f0, 0x0fc, 0x100, 0x400, 0xffc,
+    ] {
+        m.w32(off, 0xdead_beef);
+    }
+    wr::<u8>(base + 0x070, 0x01);
+    wr::<u16>(base + 0x030, 0x0001);
+    wr::<u64>(base + 0x080, 0xffff_ffff_ffff_ffff);
+    wr::<u8>(base + 0x101, 0x55);
+    m.w32(virtio::R_QUEUE_SEL, 0xffff);
+    m.w32(virtio::R_QUEUE_NUM, 0xffff_ffff);
+    m.w32(virtio::R_QUEUE_READY, 1);
+    m.w32(virtio::R_QUEUE_NOTIFY, 0xffff);
+    m.w32(virtio::R_DRV_FEATURES_SEL, 0x7fff_ffff);
+    m.w32(virtio::R_DRV_FEATURES, 0xffff_ffff);
+    m.w32(virtio::R_INT_ACK, 0xffff_ffff);
+    core::hint::black_box(sink);
+}

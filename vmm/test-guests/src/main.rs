@@ -1,0 +1,121 @@
+//! vmctl's freestanding x86_64 test guest.
+//!
+//! Booted by the `vmm` crate's integration tests (ELF or bzImage, Linux 64-bit boot
+//! protocol). It reads `tests=a,b,c` from the kernel command line, runs those checks
+//! against the VMM's devices, prints one line per result on COM1
+//! (`TEST <name> ok|FAIL|skip <detail>`), then `DONE pass=N fail=M`, and resets
+//! through the i8042. Kernel-mode code is emulated on PVM hosts, so every check is small.
+#![no_std]
+#![no_main]
+
+mod apic;
+mod asm;
+mod blk;
+mod boot;
+mod devices;
+mod hostile;
+mod io;
+mod irq;
+mod mem;
+mod report;
+mod smp;
+
+use boot::{BootInfo, MAX_DEVS};
+use devices::{ID_BLK, ID_CONSOLE, ID_RNG};
+use report::Report;
+use virtio::Mmio;
+mod virtio;
+
+const HOSTILE: [&str; 7] = [
+    "hostile_oob",
+    "hostile_loop",
+    "hostile_len",
+    "hostile_idx",
+    "hostile_ring",
+    "hostile_mmio",
+    "hostile_flood",
+];
+
+#[no_mangle]
+extern "C" fn guest_main(zero_page: u64) -> ! {
+    println!("BOOT vmctl-test-guest");
+    let info = BootInfo::read(zero_page);
+    mem::init(info.ram_top);
+    let mut r = Report::default();
+    if !apic::init_idt() {
+        r.fail("idt", format_args!("out of memory"));
+    }
+    if info.wants("boot") {
+        boot::test_boot(&info, &mut r);
+    }
+    let mut ids = [0u32; MAX_DEVS];
+    if !devices::discover(&info, &mut ids) {
+        r.fail("virtio", format_args!("cannot map the virtio windows"));
+    }
+    if info.wants("virtio") {
+        devices::test_virtio(&info, &mut r);
+    }
+    let first = |id: u32| (0..info.ndevs).find(|&i| ids[i] == id);
+    let mmio = |i: usize| Mmio {
+        base: info.devs[i].addr,
+    };
+    if info.wants("blk") {
+        let mut any = false;
+        for i in (0..info.ndevs).filter(|&i| ids[i] == ID_BLK) {
+            blk::test_blk(i, mmio(i), &mut r);
+            any = true;
+        }
+        if !any {
+            r.fail(
+                "blk",
+                format_args!("no virtio-blk device (id 2) on the command line"),
+            );
+        }
+    }
+    for name in ["rng", "console", "irq"] {
+        if !info.wants(name) {
+            continue;
+        }
+        let id = match name {
+            "rng" => ID_RNG,
+            "console" => ID_CONSOLE,
+            _ => ID_BLK,
+        };
+        match first(id) {
+            Some(i) => match name {
+                "rng" => devices::test_rng(mmio(i), &mut r),
+                "console" => devices::test_console(mmio(i), &mut r),
+                _ => irq::test_irq(i, info.devs[i], &mut r),
+            },
+            None => r.fail(name, format_args!("no virtio device with id {id}")),
+        }
+    }
+    if info.wants("mptable") || info.wants("smp") {
+        let cpus = smp::test_mptable(&mut r);
+        if info.wants("smp") {
+            smp::test_smp(cpus, &mut r);
+        }
+    }
+    for mode in HOSTILE {
+        if info.wants(mode) {
+            match first(ID_BLK) {
+                Some(i) => hostile::run(mode, mmio(i), &mut r),
+                None => r.fail(mode, format_args!("no virtio-blk device")),
+            }
+        }
+    }
+    if info.wants("fault") {
+        // A #UD on purpose: the IDT handler reports it (a guest-side crash test).
+        // SAFETY: ud2 raises #UD, handled by guest_exception, which resets.
+        unsafe { core::arch::asm!("ud2", options(nomem, nostack)) }
+    }
+    r.done();
+    io::reset()
+}
+
+#[panic_handler]
+fn panic(p: &core::panic::PanicInfo<'_>) -> ! {
+    println!("FATAL panic {}", p.message());
+    println!("DONE pass=0 fail=1");
+    io::reset()
+}

@@ -1,0 +1,176 @@
+//! Boot protocol: ELF and bzImage entry, zero page, command line, e820, initrd; the
+//! bzImage wrapper itself (checked with linux-loader); guest-visible faults.
+
+mod common;
+
+use common::image::hdr;
+use common::{
+    bzimage_from_elf, flat_image, fnv1a, guest_elf, pseudo_random, require_kvm, VmRun, VmSpec,
+};
+use linux_loader::loader::{BzImage, KernelLoader};
+use std::path::Path;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
+}
+
+#[test]
+fn test_bzimage_wrapper_header_loads_with_linux_loader() {
+    let elf = std::fs::read(guest_elf()).expect("read guest ELF");
+    let flat = flat_image(&elf).expect("flatten");
+    assert_eq!(flat.load, 0x10_0000);
+    assert_eq!(flat.entry, 0x10_0200);
+    // The entry is a jmp (rel8 or rel32) to the real start.
+    assert!(
+        matches!(flat.bytes[0x200], 0xeb | 0xe9),
+        "no jmp at load + 0x200"
+    );
+    let bz = bzimage_from_elf(&elf).expect("wrap");
+    assert_eq!(&bz[hdr::BOOT_FLAG..hdr::BOOT_FLAG + 2], &[0x55, 0xaa]);
+    assert_eq!(&bz[hdr::HEADER..hdr::HEADER + 4], b"HdrS");
+    assert!(u16::from_le_bytes([bz[hdr::VERSION], bz[hdr::VERSION + 1]]) >= 0x020c);
+    assert_eq!(bz[hdr::LOADFLAGS] & 1, 1);
+    assert_eq!(bz[hdr::XLOADFLAGS] & 1, 1);
+    assert_eq!(u32_at(&bz, hdr::CODE32_START), 0x10_0000);
+    assert!(u32_at(&bz, hdr::INIT_SIZE) as usize >= flat.bytes.len());
+    assert_eq!(bz.len(), 1024 + flat.bytes.len());
+
+    // linux-loader (what the VMM uses) accepts and places it byte for byte.
+    let mem: GuestMemoryMmap =
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)]).expect("guest memory");
+    let mut file = std::io::Cursor::new(bz.clone());
+    let res = BzImage::load(&mem, None, &mut file, Some(GuestAddress(0x10_0000)))
+        .expect("linux-loader rejects the bzImage");
+    assert_eq!(res.kernel_load, GuestAddress(0x10_0000));
+    let setup = res.setup_header.expect("setup header");
+    let (boot_flag, header) = (setup.boot_flag, setup.header);
+    assert_eq!((boot_flag, header), (0xaa55, 0x5372_6448));
+    let mut loaded = vec![0u8; flat.bytes.len()];
+    mem.read_slice(&mut loaded, GuestAddress(0x10_0000))
+        .expect("read back");
+    assert!(
+        loaded == flat.bytes,
+        "loaded image differs from the flat image"
+    );
+}
+
+#[test]
+fn test_bzimage_wrapper_garbage_input_is_rejected() {
+    assert!(bzimage_from_elf(b"").is_err());
+    assert!(bzimage_from_elf(b"\x7fELF\x02\x01\x01").is_err());
+    let mut elf = std::fs::read(guest_elf()).expect("read guest ELF");
+    // Program header table pointing past the end of the file.
+    elf[0x20..0x28].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert!(bzimage_from_elf(&elf).is_err());
+    for seed in 0..2000u64 {
+        let junk = pseudo_random(seed, (seed % 300) as usize);
+        let _ = bzimage_from_elf(&junk);
+    }
+}
+
+fn boot_and_check(kernel: &Path, dir: &Path, mem_mib: u32) -> VmRun {
+    let initrd = pseudo_random(common::run_seed(), 48 * 1024 + 123);
+    let initrd_path = dir.join("initrd.bin");
+    std::fs::write(&initrd_path, &initrd).expect("write initrd");
+    let marker = format!("marker={:x}", common::run_seed());
+    let mut spec = VmSpec::guest(kernel, "boot");
+    spec.cmdline = format!("{} {marker} quiet", spec.cmdline);
+    spec.initrd = Some(initrd_path);
+    spec.mem_mib = mem_mib;
+    let run = spec.run();
+    run.assert_guest_passed();
+    assert!(
+        run.serial.starts_with("BOOT vmctl-test-guest"),
+        "{}",
+        run.dump()
+    );
+    run.ok("boot.params");
+    let cmd = run.ok("boot.cmdline");
+    assert!(
+        cmd.detail.contains(&marker),
+        "cmdline not read back\n{}",
+        run.dump()
+    );
+    assert!(cmd.detail.contains("tests=boot"), "{}", run.dump());
+    let e820 = run.ok("boot.e820");
+    let mem = u64::from(mem_mib) << 20;
+    let total: u64 = e820.get("ram_total").parse().expect("ram_total");
+    let top =
+        u64::from_str_radix(e820.get("ram_top").trim_start_matches("0x"), 16).expect("ram_top");
+    assert_eq!(top, mem, "e820 RAM top != --mem\n{}", run.dump());
+    assert!(
+        total <= mem && total >= mem - (1 << 20),
+        "e820 RAM total {total} vs --mem {mem}\n{}",
+        run.dump()
+    );
+    let rd = run.ok("boot.initrd");
+    assert_eq!(rd.get("size"), initrd.len().to_string(), "{}", run.dump());
+    assert_eq!(
+        rd.get("fnv1a64"),
+        format!("{:016x}", fnv1a(&initrd)),
+        "{}",
+        run.dump()
+    );
+    run
+}
+
+#[test]
+fn test_guest_elf_boot_params_match_host() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    boot_and_check(&guest_elf(), dir.path(), 128);
+}
+
+#[test]
+fn test_guest_bzimage_boot_params_match_host() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bz = common::guest_bzimage(dir.path());
+    boot_and_check(&bz, dir.path(), 96);
+}
+
+#[test]
+fn test_guest_odd_mem_size_e820_matches() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    boot_and_check(&guest_elf(), dir.path(), 37);
+}
+
+#[test]
+fn test_guest_exception_reported_and_reset_clean() {
+    if !require_kvm() {
+        return;
+    }
+    let run = VmSpec::guest(&guest_elf(), "fault").run();
+    run.assert_no_crash();
+    // #UD (vector 6) is delivered through the guest's IDT, which reports and resets.
+    assert!(
+        run.serial.contains("FATAL exception vector=6 "),
+        "guest #UD not delivered to its IDT\n{}",
+        run.dump()
+    );
+    assert_eq!(run.status.and_then(|s| s.code()), Some(0), "{}", run.dump());
+}
+
+#[test]
+fn test_vmm_missing_kernel_fails_with_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut spec = VmSpec::guest(&dir.path().join("no-such-kernel"), "boot");
+    spec.timeout = std::time::Duration::from_secs(20);
+    let run = spec.run();
+    run.assert_no_crash();
+    assert_ne!(run.status.and_then(|s| s.code()), Some(0), "{}", run.dump());
+    assert!(
+        !run.stderr.trim().is_empty(),
+        "no cause on stderr\n{}",
+        run.dump()
+    );
+    assert!(run.serial.is_empty(), "{}", run.dump());
+}
