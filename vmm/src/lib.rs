@@ -10,5 +10,7 @@ pub mod arch;
 pub mod builtin;
 pub mod devices;
 pub mod engine;
+#[cfg(target_os = "linux")]
+pub mod fuzzing;
 pub mod hv;
 pub mod ratelimit;

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The whole test suite: what README.md tells a newcomer to run and what CI runs (.ci/run).
+# Installs what it needs (apt packages, rustup targets, cargo-nextest), checks formatting and
+# lints, type-checks the macOS and Windows targets, then runs every test. Tests that cannot run
+# on this machine print "skipped: <reason>"; they are listed at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+mkdir -p "${HOME}/.cache/vmctl"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "dependencies"
+./scripts/install-deps.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (linux)"
+cargo clippy --workspace --all-targets -- -D warnings
+
+# The guest agent runs inside the Linux VM only; fs-share serves macOS and Linux hosts.
+step "cargo clippy --target aarch64-apple-darwin (type-check only: macOS cannot run here)"
+cargo clippy --workspace --exclude guest-agent --target aarch64-apple-darwin -- -D warnings
+step "cargo clippy --target x86_64-pc-windows-msvc (type-check only: Windows cannot run here)"
+cargo clippy --workspace --exclude guest-agent --exclude fs-share --target x86_64-pc-windows-msvc -- -D warnings
+
+step "cargo nextest run --workspace"
+log=$(mktemp)
+status=0
+cargo nextest run --workspace --no-fail-fast --success-output final 2>&1 | tee "$log" || status=$?
+
+skips=$(grep -a -o 'skipped: .*' "$log" | sort | uniq -c || true)
+if [ -n "$skips" ]; then
+    step "skipped on this machine (each with its reason)"
+    echo "$skips"
+fi
+rm -f "$log"
+exit $status
