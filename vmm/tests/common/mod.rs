@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+#[allow(unused_imports)]
 pub use image::{bzimage_from_elf, flat_image};
+#[allow(unused_imports)]
 pub use vm::{VmRun, VmSpec};
 
 /// The workspace root (the vmm crate's parent).

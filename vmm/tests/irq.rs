@@ -1,0 +1,59 @@
+//! A real interrupt: virtio-blk completion → KVM irqfd → IOAPIC → LAPIC → guest IDT.
+
+mod common;
+
+use common::{guest_elf, require_kvm, VmSpec};
+
+#[test]
+fn test_irq_blk_completion_interrupt_delivered() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = dir.path().join("irq.img");
+    std::fs::write(&disk, vec![0x5au8; 64 << 10]).expect("disk");
+    let mut spec = VmSpec::guest(&guest_elf(), "virtio,irq");
+    spec.disks = vec![disk.display().to_string()];
+    let run = spec.run();
+    run.assert_guest_passed();
+    let irq = run.ok("irq");
+    let gsi = run.named("virtio.dev")[0].get("irq").to_string();
+    assert_eq!(irq.get("gsi"), gsi, "{}", run.dump());
+    assert_eq!(
+        irq.get("watchdog"),
+        "0",
+        "woken by the watchdog, not the device\n{}",
+        run.dump()
+    );
+    let n: u32 = irq.get("irqs").parse().expect("irqs");
+    assert!(n >= 1, "{}", run.dump());
+    // InterruptStatus bit 0 (used buffer notification) was seen and acknowledged.
+    assert_eq!(irq.get("isr"), "0x1", "{}", run.dump());
+}
+
+#[test]
+fn test_irq_second_disk_routed_to_its_own_gsi() {
+    if !require_kvm() {
+        return;
+    }
+    // The guest routes the first blk device; put it behind another disk's window by
+    // giving only one disk but many devices: rng and console shift nothing, so use two
+    // disks and check the first one's GSI differs from the second's.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (dir.path().join("a.img"), dir.path().join("b.img"));
+    std::fs::write(&a, vec![1u8; 64 << 10]).expect("disk a");
+    std::fs::write(&b, vec![2u8; 64 << 10]).expect("disk b");
+    let mut spec = VmSpec::guest(&guest_elf(), "virtio,irq");
+    spec.disks = vec![a.display().to_string(), b.display().to_string()];
+    spec.console = Some(dir.path().join("console.out"));
+    let run = spec.run();
+    run.assert_guest_passed();
+    let devs = run.named("virtio.dev");
+    assert_ne!(devs[0].get("irq"), devs[1].get("irq"), "{}", run.dump());
+    assert_eq!(
+        run.ok("irq").get("gsi"),
+        devs[0].get("irq"),
+        "{}",
+        run.dump()
+    );
+}

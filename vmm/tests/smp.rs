@@ -1,0 +1,57 @@
+//! MP tables and AP start-up (INIT-SIPI-SIPI, real-mode trampoline → long mode).
+
+mod common;
+
+use common::{guest_elf, require_kvm, VmSpec};
+
+#[test]
+fn test_mptable_lists_each_vcpu() {
+    if !require_kvm() {
+        return;
+    }
+    for cpus in [1u32, 3] {
+        let mut spec = VmSpec::guest(&guest_elf(), "mptable");
+        spec.cpus = cpus;
+        let run = spec.run();
+        run.assert_guest_passed();
+        let mp = run.ok("smp.mptable");
+        assert_eq!(mp.get("cpus"), cpus.to_string(), "{}", run.dump());
+        assert_eq!(mp.get("bsp"), "0");
+        assert_eq!(mp.get("ioapic_id"), cpus.to_string(), "IOAPIC id must be N");
+        assert_eq!(mp.get("ioapic"), "0xfec00000");
+        assert_eq!(mp.get("lapic"), "0xfee00000");
+        let fp = u64::from_str_radix(mp.get("fp").trim_start_matches("0x"), 16).expect("fp");
+        assert!(
+            (0x9fc00..0xa0000).contains(&fp),
+            "floating pointer not in the EBDA: {fp:#x}"
+        );
+        assert_eq!(fp % 16, 0);
+    }
+}
+
+#[test]
+fn test_smp_aps_start_and_report_distinct_ids() {
+    if !require_kvm() {
+        return;
+    }
+    let mut spec = VmSpec::guest(&guest_elf(), "smp");
+    spec.cpus = 4;
+    let run = spec.run();
+    run.assert_guest_passed();
+    let ap = run.ok("smp.ap");
+    assert_eq!(ap.get("started"), "3", "{}", run.dump());
+    let mut ids: Vec<&str> = ap.get("ap_ids").split(',').collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["1", "2", "3"], "{}", run.dump());
+}
+
+#[test]
+fn test_smp_single_cpu_has_no_ap() {
+    if !require_kvm() {
+        return;
+    }
+    let run = VmSpec::guest(&guest_elf(), "smp").run();
+    run.assert_guest_passed();
+    let ap = run.named("smp.ap");
+    assert!(ap.len() == 1 && ap[0].status == "skip", "{}", run.dump());
+}
