@@ -52,6 +52,10 @@ pub mod sys;
 pub mod transport;
 
 pub use config::{CachePolicy, OwnerMap, ShareConfig};
+pub use fuse_backend_rs::abi::fuse_abi;
+/// The FUSE-decode ↔ filesystem boundary (`FileSystem`, `Context`, `Entry`, …): a new
+/// platform passthrough implements this trait.
+pub use fuse_backend_rs::api::filesystem;
 #[cfg(target_os = "linux")]
 pub use sys::PassthroughFs;
 

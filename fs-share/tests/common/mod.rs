@@ -1,0 +1,213 @@
+//! Shared helpers for fs-share's integration tests: child processes killed on drop, a
+//! `fs-share mount` guard, pjdfstest runner, skips with reasons.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_fs-share"))
+}
+
+pub fn skip(reason: &str) {
+    eprintln!("skipped: {reason}");
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("VMCTL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/vmctl")
+        })
+}
+
+/// A child process killed (and reaped) on drop.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn is_mounted(mountpoint: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let mp = mountpoint.to_string_lossy();
+    info.lines().any(|l| l.split(' ').nth(4) == Some(&*mp))
+}
+
+/// `fs-share mount` of `share` at `mountpoint`; unmounted (lazily) and killed on drop.
+pub struct FuseMount {
+    pub mountpoint: PathBuf,
+    child: Option<ChildGuard>,
+}
+
+impl FuseMount {
+    pub fn start(share: &Path, mountpoint: &Path, extra: &[&str]) -> FuseMount {
+        std::fs::create_dir_all(mountpoint).expect("mkdir mountpoint");
+        let child = Command::new(bin())
+            .arg("mount")
+            .arg("--shared-dir")
+            .arg(share)
+            .args(extra)
+            .arg(mountpoint)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn fs-share mount");
+        let mut m = FuseMount {
+            mountpoint: mountpoint.to_path_buf(),
+            child: Some(ChildGuard(child)),
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !is_mounted(mountpoint) {
+            if let Some(Ok(Some(st))) = m.child.as_mut().map(|c| c.0.try_wait()) {
+                panic!("fs-share mount exited early: {st}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mount did not appear within 15 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m
+    }
+
+    /// Unmounts and waits for the server to exit by itself (it must, on unmount).
+    pub fn unmount_and_wait(mut self) -> std::process::ExitStatus {
+        umount(&self.mountpoint);
+        let mut child = self.child.take().expect("child");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(st)) = child.0.try_wait() {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fs-share did not exit after unmount"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn umount(p: &Path) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: NUL-terminated path; failure (not mounted) is fine.
+    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+}
+
+impl Drop for FuseMount {
+    fn drop(&mut self) {
+        umount(&self.mountpoint);
+    }
+}
+
+/// Returns the pjdfstest binary, building it into the cache on first use.
+pub fn pjdfstest() -> Result<PathBuf, String> {
+    let root = cache_dir().join("tools");
+    let bin = root.join("bin/pjdfstest");
+    if bin.exists() {
+        return Ok(bin);
+    }
+    let st = Command::new("cargo")
+        .args([
+            "install",
+            "pjdfstest",
+            "--version",
+            "0.2.2",
+            "--locked",
+            "--root",
+        ])
+        .arg(&root)
+        .env_remove("CARGO_TARGET_DIR")
+        .status()
+        .map_err(|e| format!("cannot run cargo install pjdfstest: {e}"))?;
+    if !st.success() || !bin.exists() {
+        return Err(format!(
+            "cargo install pjdfstest failed: {st} (needs libacl1-dev)"
+        ));
+    }
+    Ok(bin)
+}
+
+pub const PJDFSTEST_CONFIG: &str = r#"
+[features]
+posix_fallocate = {}
+utime_now = {}
+utimensat = {}
+
+[settings]
+naptime = 0.01
+
+[dummy_auth]
+entries = [
+  ["nobody", "nogroup"],
+  ["daemon", "daemon"],
+]
+"#;
+
+/// Parses pjdfstest output into test name → "ok" | "skipped" | "FAILED".
+pub fn parse_pjdfstest(out: &str) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    for line in out.lines() {
+        let mut it = line.split_whitespace();
+        let (Some(name), Some(res), None) = (it.next(), it.next(), it.next()) else {
+            continue;
+        };
+        if name.contains("::") && matches!(res, "ok" | "skipped" | "FAILED") {
+            m.insert(name.to_string(), res.to_string());
+        }
+    }
+    m
+}
+
+/// Runs pjdfstest in `dir` (its cwd too) with a 5-minute limit.
+pub fn run_pjdfstest(bin: &Path, cfg: &Path, dir: &Path) -> BTreeMap<String, String> {
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(cfg)
+        .arg("-p")
+        .arg(dir)
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn pjdfstest");
+    let guard = ChildGuard(child);
+    let out = wait_output(guard, Duration::from_secs(300));
+    parse_pjdfstest(&out)
+}
+
+/// Collects stdout of a guarded child, killing it after `limit`.
+pub fn wait_output(mut guard: ChildGuard, limit: Duration) -> String {
+    use std::io::Read;
+    let mut stdout = guard.0.stdout.take().expect("piped stdout");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(_)) = guard.0.try_wait() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = guard.0.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    reader.join().unwrap_or_default()
+}

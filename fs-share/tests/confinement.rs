@@ -1,0 +1,471 @@
+//! Confinement attack suite, driven at the `FileSystem` boundary: exactly the requests a
+//! malicious guest can send (any node id, any name, any flags), against a real host folder.
+//! Every test also checks that a sentinel outside the share is unchanged.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fs_share::filesystem::{Context, FileSystem, SetattrValid};
+use fs_share::fuse_abi::CreateIn;
+use fs_share::{OwnerMap, PassthroughFs, ShareConfig};
+
+const ROOT: u64 = 1;
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    share: PathBuf,
+    outside: PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let share = tmp.path().join("share");
+        let outside = tmp.path().join("outside");
+        fs::create_dir(&share).expect("share");
+        fs::create_dir(&outside).expect("outside");
+        fs::write(outside.join("secret"), b"top secret").expect("secret");
+        fs::set_permissions(outside.join("secret"), fs::Permissions::from_mode(0o600))
+            .expect("chmod");
+        Fixture {
+            _tmp: tmp,
+            share,
+            outside,
+        }
+    }
+
+    fn fs(&self, f: impl FnOnce(&mut ShareConfig)) -> PassthroughFs {
+        let mut cfg = ShareConfig::new(&self.share);
+        f(&mut cfg);
+        PassthroughFs::new(cfg).expect("open share")
+    }
+
+    /// The outside folder still holds exactly `secret`, unchanged.
+    fn assert_outside_intact(&self) {
+        let names: Vec<_> = fs::read_dir(&self.outside)
+            .expect("readdir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("secret")],
+            "outside folder was modified"
+        );
+        let md = fs::metadata(self.outside.join("secret")).expect("stat");
+        assert_eq!(md.mode() & 0o7777, 0o600, "outside file mode changed");
+        assert_eq!(
+            fs::read(self.outside.join("secret")).expect("read"),
+            b"top secret"
+        );
+    }
+}
+
+fn ctx() -> Context {
+    Context::default()
+}
+
+fn errno(e: std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(-1)
+}
+
+fn create_args(mode: u32) -> CreateIn {
+    CreateIn {
+        flags: (libc::O_RDWR) as u32,
+        mode,
+        umask: 0,
+        fuse_flags: 0,
+    }
+}
+
+#[test]
+fn test_lookup_dotdot_and_paths_are_refused() {
+    let fx = Fixture::new();
+    let fs = fx.fs(|_| {});
+    for name in [c"..", c".", c"../outside", c"/etc/passwd", c"a/b", c""] {
+        let r = fs.lookup(&ctx(), ROOT, name);
+        assert!(r.is_err(), "lookup {name:?} must fail");
+    }
+    fx.assert_outside_intact();
+}
+
+#[test]
+fn test_symlinks_out_of_share_are_never_followed() {
+    let fx = Fixture::new();
+    std::os::unix::fs::symlink("../outside", fx.share.join("rel")).expect("symlink");
+    std::os::unix::fs::symlink(&fx.outside, fx.share.join("abs")).expect("symlink");
+    std::os::unix::fs::symlink(fx.outside.join("secret"), fx.share.join("file")).expect("symlink");
+    let fs = fx.fs(|_| {});
+    for link in [c"rel", c"abs", c"file"] {
+        let e = fs
+            .lookup(&ctx(), ROOT, link)
+            .expect("lookup of the link itself");
+        assert_eq!(
+            e.attr.st_mode & libc::S_IFMT,
+            libc::S_IFLNK,
+            "{link:?} must stay a symlink"
+        );
+        // Walking through it, opening it, or changing it must not reach the target.
+        assert!(
+            fs.lookup(&ctx(), e.inode, c"secret").is_err(),
+            "{link:?}/secret reachable"
+        );
+        assert!(fs.open(&ctx(), e.inode, libc::O_RDONLY as u32, 0).is_err());
+        assert!(fs.opendir(&ctx(), e.inode, 0).is_err());
+        assert!(fs
+            .create(&ctx(), e.inode, c"pwned", create_args(0o644))
+            .is_err());
+        assert!(fs.mkdir(&ctx(), e.inode, c"pwned", 0o755, 0).is_err());
+        let mut attr = e.attr;
+        attr.st_mode = 0o777;
+        attr.st_size = 0;
+        let _ = fs.setattr(&ctx(), e.inode, attr, None, SetattrValid::MODE);
+        let _ = fs.setattr(&ctx(), e.inode, attr, None, SetattrValid::SIZE);
+        let _ = fs.setxattr(&ctx(), e.inode, c"user.x", b"1", 0);
+        assert!(fs.readlink(&ctx(), e.inode).is_ok());
+    }
+    fx.assert_outside_intact();
+}
+
+#[test]
+fn test_proc_magic_links_are_not_followed() {
+    let fx = Fixture::new();
+    std::os::unix::fs::symlink("/proc/self/root", fx.share.join("procroot")).expect("symlink");
+    std::os::unix::fs::symlink("/proc/self/cwd", fx.share.join("proccwd")).expect("symlink");
+    let fs = fx.fs(|_| {});
+    for link in [c"procroot", c"proccwd"] {
+        let e = fs.lookup(&ctx(), ROOT, link).expect("lookup");
+        assert_eq!(e.attr.st_mode & libc::S_IFMT, libc::S_IFLNK);
+        assert!(fs.lookup(&ctx(), e.inode, c"etc").is_err());
+        assert!(fs.open(&ctx(), e.inode, libc::O_RDONLY as u32, 0).is_err());
+    }
+    fx.assert_outside_intact();
+}
+
+/// A host process swaps a directory for a symlink to the outside as fast as it can while
+/// the "guest" walks, creates, opens and lists through it: nothing may land outside.
+#[test]
+fn test_symlink_swap_race_stays_inside() {
+    let fx = Fixture::new();
+    let d = fx.share.join("d");
+    fs::create_dir(&d).expect("mkdir");
+    fs::write(d.join("secret"), b"inside").expect("write");
+    let link_tmp = fx.share.join("d.link");
+    let dir_tmp = fx.share.join("d.dir");
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (stop, d, outside) = (stop.clone(), d.clone(), fx.outside.clone());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                // d <-> symlink(outside), atomically via rename.
+                let _ = fs::remove_file(&link_tmp);
+                let _ = std::os::unix::fs::symlink(&outside, &link_tmp);
+                let _ = fs::rename(&d, &dir_tmp);
+                let _ = fs::rename(&link_tmp, &d);
+                let _ = fs::remove_file(&d);
+                let _ = fs::rename(&dir_tmp, &d);
+                i += 1;
+            }
+            i
+        })
+    };
+    let fs = fx.fs(|_| {});
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    let mut attempts = 0u64;
+    while Instant::now() < deadline {
+        attempts += 1;
+        let Ok(e) = fs.lookup(&ctx(), ROOT, c"d") else {
+            continue;
+        };
+        if let Ok(s) = fs.lookup(&ctx(), e.inode, c"secret") {
+            if let Ok((Some(h), _, _)) = fs.open(&ctx(), s.inode, libc::O_RDONLY as u32, 0) {
+                let _ = fs.release(&ctx(), s.inode, 0, h, false, false, None);
+            }
+            fs.forget(&ctx(), s.inode, 1);
+        }
+        if let Ok((en, Some(h), _, _)) = fs.create(&ctx(), e.inode, c"new", create_args(0o644)) {
+            let _ = fs.release(&ctx(), en.inode, 0, h, false, false, None);
+            let _ = fs.unlink(&ctx(), e.inode, c"new");
+            fs.forget(&ctx(), en.inode, 1);
+        }
+        if let Ok(m) = fs.mkdir(&ctx(), e.inode, c"sub", 0o755, 0) {
+            let _ = fs.rmdir(&ctx(), e.inode, c"sub");
+            fs.forget(&ctx(), m.inode, 1);
+        }
+        fs.forget(&ctx(), e.inode, 1);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let swaps = swapper.join().expect("swapper");
+    eprintln!("race: {attempts} guest walks against {swaps} swaps");
+    assert!(swaps > 10 && attempts > 10, "the race did not run");
+    fx.assert_outside_intact();
+}
+
+#[test]
+fn test_bogus_node_ids_and_handles_are_refused() {
+    let fx = Fixture::new();
+    fs::write(fx.share.join("a"), b"a").expect("write");
+    fs::write(fx.share.join("b"), b"b").expect("write");
+    let fs = fx.fs(|_| {});
+    for id in [0, 2, 999, u64::MAX] {
+        assert!(fs.getattr(&ctx(), id, None).is_err());
+        assert!(fs.lookup(&ctx(), id, c"a").is_err());
+        assert!(fs.link(&ctx(), id, ROOT, c"x").is_err());
+    }
+    let a = fs.lookup(&ctx(), ROOT, c"a").expect("a");
+    let b = fs.lookup(&ctx(), ROOT, c"b").expect("b");
+    let (h, _, _) = fs
+        .open(&ctx(), a.inode, libc::O_RDONLY as u32, 0)
+        .expect("open");
+    let h = h.expect("handle");
+    // A handle used with another inode, or a forged handle, is refused.
+    assert_eq!(
+        errno(
+            fs.fsync(&ctx(), b.inode, false, h)
+                .expect_err("cross-inode")
+        ),
+        libc::EBADF
+    );
+    assert_eq!(
+        errno(
+            fs.fsync(&ctx(), a.inode, false, h + 1000)
+                .expect_err("forged")
+        ),
+        libc::EBADF
+    );
+    fs.release(&ctx(), a.inode, 0, h, false, false, None)
+        .expect("release");
+    fx.assert_outside_intact();
+}
+
+#[test]
+fn test_device_nodes_are_refused_and_never_opened() {
+    let fx = Fixture::new();
+    let fs = fx.fs(|_| {});
+    let e = fs.mknod(&ctx(), ROOT, c"sda", libc::S_IFBLK | 0o666, 0x0800, 0);
+    assert_eq!(errno(e.expect_err("block device")), libc::EPERM);
+    let e = fs.mknod(&ctx(), ROOT, c"mem", libc::S_IFCHR | 0o666, 0x0101, 0);
+    assert_eq!(errno(e.expect_err("char device")), libc::EPERM);
+    assert!(!fx.share.join("sda").exists() && !fx.share.join("mem").exists());
+    // A fifo may be created but is never opened by the server (no hang, no host access).
+    let f = fs
+        .mknod(&ctx(), ROOT, c"fifo", libc::S_IFIFO | 0o666, 0, 0)
+        .expect("fifo");
+    assert_eq!(
+        errno(
+            fs.open(&ctx(), f.inode, libc::O_RDONLY as u32, 0)
+                .expect_err("open fifo")
+        ),
+        libc::EACCES
+    );
+    if common::is_root() {
+        // A device node the *host* put in the share is not opened either.
+        let c = std::ffi::CString::new(fx.share.join("null").as_os_str().as_encoded_bytes())
+            .expect("c");
+        // SAFETY: NUL-terminated path; creates /dev/null's twin inside the temp share.
+        let rc = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) };
+        assert_eq!(rc, 0);
+        let n = fs.lookup(&ctx(), ROOT, c"null").expect("lookup");
+        assert_eq!(
+            errno(
+                fs.open(&ctx(), n.inode, libc::O_RDWR as u32, 0)
+                    .expect_err("open dev")
+            ),
+            libc::EACCES
+        );
+    } else {
+        common::skip("host-made device node case needs root (mknod)");
+    }
+    fx.assert_outside_intact();
+}
+
+#[test]
+fn test_setuid_bits_and_file_caps_are_stripped() {
+    let fx = Fixture::new();
+    let fs = fx.fs(|_| {});
+    let (e, h, _, _) = fs
+        .create(&ctx(), ROOT, c"suid", create_args(libc::S_IFREG | 0o6755))
+        .expect("create");
+    fs.release(&ctx(), e.inode, 0, h.expect("h"), false, false, None)
+        .expect("release");
+    let mode = fs::metadata(fx.share.join("suid")).expect("stat").mode();
+    assert_eq!(
+        mode & 0o7777,
+        0o755,
+        "setuid/setgid must be stripped on create"
+    );
+    let mut attr = e.attr;
+    attr.st_mode = 0o4755;
+    fs.setattr(&ctx(), e.inode, attr, None, SetattrValid::MODE)
+        .expect("chmod");
+    assert_eq!(
+        fs::metadata(fx.share.join("suid")).expect("stat").mode() & 0o7777,
+        0o755
+    );
+    let r = fs.setxattr(&ctx(), e.inode, c"security.capability", &[1, 0, 0, 2], 0);
+    assert_eq!(errno(r.expect_err("file caps")), libc::EPERM);
+    let r = fs.setxattr(&ctx(), e.inode, c"trusted.overlay.opaque", b"y", 0);
+    assert_eq!(errno(r.expect_err("trusted xattr")), libc::EPERM);
+    // With allow_setuid (trusted guests), bits are kept.
+    let fs2 = fx.fs(|c| c.allow_setuid = true);
+    let e2 = fs2.lookup(&ctx(), ROOT, c"suid").expect("lookup");
+    fs2.setattr(&ctx(), e2.inode, attr, None, SetattrValid::MODE)
+        .expect("chmod");
+    assert_eq!(
+        fs::metadata(fx.share.join("suid")).expect("stat").mode() & 0o7777,
+        0o4755
+    );
+    fx.assert_outside_intact();
+}
+
+#[test]
+fn test_readonly_share_refuses_every_write() {
+    let fx = Fixture::new();
+    fs::write(fx.share.join("f"), b"data").expect("write");
+    fs::create_dir(fx.share.join("d")).expect("mkdir");
+    let fs = fx.fs(|c| c.readonly = true);
+    let f = fs.lookup(&ctx(), ROOT, c"f").expect("lookup");
+    let d = fs.lookup(&ctx(), ROOT, c"d").expect("lookup");
+    let rofs = |r: std::io::Result<()>, what: &str| {
+        assert_eq!(r.map_err(errno), Err(libc::EROFS), "{what}")
+    };
+    rofs(
+        fs.create(&ctx(), ROOT, c"n", create_args(0o644)).map(drop),
+        "create",
+    );
+    rofs(fs.mkdir(&ctx(), ROOT, c"n", 0o755, 0).map(drop), "mkdir");
+    rofs(
+        fs.mknod(&ctx(), ROOT, c"n", libc::S_IFIFO | 0o644, 0, 0)
+            .map(drop),
+        "mknod",
+    );
+    rofs(fs.symlink(&ctx(), c"x", ROOT, c"n").map(drop), "symlink");
+    rofs(fs.link(&ctx(), f.inode, ROOT, c"n").map(drop), "link");
+    rofs(fs.unlink(&ctx(), ROOT, c"f"), "unlink");
+    rofs(fs.rmdir(&ctx(), ROOT, c"d"), "rmdir");
+    rofs(fs.rename(&ctx(), ROOT, c"f", ROOT, c"g", 0), "rename");
+    rofs(
+        fs.setattr(&ctx(), f.inode, f.attr, None, SetattrValid::SIZE)
+            .map(drop),
+        "truncate",
+    );
+    rofs(
+        fs.setattr(&ctx(), d.inode, d.attr, None, SetattrValid::MODE)
+            .map(drop),
+        "chmod",
+    );
+    rofs(fs.setxattr(&ctx(), f.inode, c"user.a", b"1", 0), "setxattr");
+    rofs(fs.removexattr(&ctx(), f.inode, c"user.a"), "removexattr");
+    rofs(
+        fs.open(&ctx(), f.inode, libc::O_RDWR as u32, 0).map(drop),
+        "open rw",
+    );
+    rofs(
+        fs.open(&ctx(), f.inode, (libc::O_RDONLY | libc::O_TRUNC) as u32, 0)
+            .map(drop),
+        "open trunc",
+    );
+    let (h, _, _) = fs
+        .open(&ctx(), f.inode, libc::O_RDONLY as u32, 0)
+        .expect("open ro works");
+    let h = h.expect("h");
+    rofs(fs.fallocate(&ctx(), f.inode, h, 0, 0, 100), "fallocate");
+    assert_eq!(fs::read(fx.share.join("f")).expect("read"), b"data");
+    assert!(fx.share.join("d").is_dir());
+    fx.assert_outside_intact();
+}
+
+#[test]
+fn test_hard_links_stay_inside_and_keep_node_ids() {
+    let fx = Fixture::new();
+    fs::write(fx.share.join("f"), b"x").expect("write");
+    let fs = fx.fs(|_| {});
+    let f = fs.lookup(&ctx(), ROOT, c"f").expect("lookup");
+    let l = fs.link(&ctx(), f.inode, ROOT, c"l").expect("link");
+    assert_eq!(f.inode, l.inode, "a hard link is the same node");
+    assert!(fs.link(&ctx(), f.inode, ROOT, c"../escape").is_err());
+    assert!(fs.link(&ctx(), f.inode, ROOT, c"/tmp/escape").is_err());
+    // Inodes survive renames: guest rename and host rename.
+    fs.rename(&ctx(), ROOT, c"f", ROOT, c"g", 0)
+        .expect("rename");
+    assert_eq!(fs.lookup(&ctx(), ROOT, c"g").expect("g").inode, f.inode);
+    fs::rename(fx.share.join("g"), fx.share.join("h")).expect("host rename");
+    assert_eq!(fs.lookup(&ctx(), ROOT, c"h").expect("h").inode, f.inode);
+    fx.assert_outside_intact();
+}
+
+fn owner(p: &Path) -> (u32, u32) {
+    let md = fs::symlink_metadata(p).expect("stat");
+    (md.uid(), md.gid())
+}
+
+#[test]
+fn test_owner_map_share_owner_vs_identity() {
+    if !common::is_root() {
+        common::skip("ownership mapping needs a root server (chown)");
+        return;
+    }
+    let fx = Fixture::new();
+    std::os::unix::fs::chown(&fx.share, Some(4321), Some(4322)).expect("chown share");
+    let guest = Context {
+        uid: 1234,
+        gid: 1235,
+        pid: 1,
+    };
+    let fs = fx.fs(|c| c.owner_map = OwnerMap::ShareOwner);
+    fs.mkdir(&guest, ROOT, c"d", 0o755, 0).expect("mkdir");
+    fs.symlink(&guest, c"t", ROOT, c"s").expect("symlink");
+    let (e, h, _, _) = fs
+        .create(&guest, ROOT, c"f", create_args(0o644))
+        .expect("create");
+    fs.release(&guest, e.inode, 0, h.expect("h"), false, false, None)
+        .expect("release");
+    for n in ["d", "s", "f"] {
+        assert_eq!(
+            owner(&fx.share.join(n)),
+            (4321, 4322),
+            "{n} must belong to the share owner"
+        );
+    }
+    let fs = fx.fs(|c| c.owner_map = OwnerMap::Identity);
+    fs.mkdir(&guest, ROOT, c"d2", 0o755, 0).expect("mkdir");
+    assert_eq!(owner(&fx.share.join("d2")), (1234, 1235));
+    fx.assert_outside_intact();
+}
+
+#[test]
+fn test_readdirplus_lists_without_dot_entries() {
+    let fx = Fixture::new();
+    for i in 0..50 {
+        fs::write(fx.share.join(format!("f{i}")), b"").expect("write");
+    }
+    let fs = fx.fs(|_| {});
+    let (h, _) = fs.opendir(&ctx(), ROOT, 0).expect("opendir");
+    let h = h.expect("h");
+    let mut names = Vec::new();
+    let mut off = 0;
+    loop {
+        let mut got = 0;
+        fs.readdirplus(&ctx(), ROOT, h, 4096, off, &mut |d, e| {
+            names.push(String::from_utf8_lossy(d.name).into_owned());
+            assert_ne!(e.inode, 0);
+            off = d.offset;
+            got += 1;
+            Ok(1)
+        })
+        .expect("readdirplus");
+        if got == 0 {
+            break;
+        }
+    }
+    names.sort();
+    assert_eq!(names.len(), 50);
+    assert!(!names.iter().any(|n| n == "." || n == ".."));
+    fs.releasedir(&ctx(), ROOT, 0, h).expect("releasedir");
+}
