@@ -159,6 +159,7 @@ entries = [
 
 /// Parses pjdfstest output into test name → "ok" | "skipped" | "FAILED".
 pub fn parse_pjdfstest(out: &str) -> BTreeMap<String, String> {
+    let out = strip_ansi(out);
     let mut m = BTreeMap::new();
     for line in out.lines() {
         let mut it = line.split_whitespace();
@@ -170,6 +171,24 @@ pub fn parse_pjdfstest(out: &str) -> BTreeMap<String, String> {
         }
     }
     m
+}
+
+/// Removes ANSI colour sequences (ESC '[' … letter) that pjdfstest prints on a terminal.
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else if c != '\r' {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Runs pjdfstest in `dir` (its cwd too) with a 5-minute limit.
@@ -210,4 +229,89 @@ pub fn wait_output(mut guard: ChildGuard, limit: Duration) -> String {
         std::thread::sleep(Duration::from_millis(50));
     }
     reader.join().unwrap_or_default()
+}
+
+/// Builds (or finds in the cache) the virtio-fs test guest; `extra` binaries are copied in.
+pub fn guest_assets(extra: &[&Path]) -> Result<PathBuf, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/build-guest.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .args(extra)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run build-guest.sh: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("build-guest.sh failed: {}", out.status));
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+pub fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Serves `share` with `fs-share serve` and boots the test guest under QEMU (TCG) with it;
+/// returns the guest's serial console output (the guest runs `share/.guest-run`).
+pub fn run_guest(
+    assets: &Path,
+    work: &Path,
+    share: &Path,
+    serve_args: &[&str],
+    limit: Duration,
+) -> String {
+    let sock = work.join("fs.sock");
+    let serve = Command::new(bin())
+        .arg("serve")
+        .arg("--socket")
+        .arg(&sock)
+        .arg("--shared-dir")
+        .arg(share)
+        .args(serve_args)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn fs-share serve");
+    let _serve = ChildGuard(serve);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "vhost-user socket did not appear"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let qemu = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-m", "512", "-smp", "1"])
+        .args([
+            "-object",
+            "memory-backend-memfd,id=mem,size=512M,share=on",
+            "-numa",
+            "node,memdev=mem",
+        ])
+        .arg("-chardev")
+        .arg(format!("socket,id=fs,path={}", sock.display()))
+        .args(["-device", "vhost-user-fs-pci,chardev=fs,tag=share"])
+        .arg("-kernel")
+        .arg(assets.join("vmlinuz"))
+        .arg("-initrd")
+        .arg(assets.join("initramfs.cpio.gz"))
+        .args(["-append", "console=ttyS0 quiet panic=-1"])
+        .args([
+            "-nographic",
+            "-no-reboot",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn qemu");
+    wait_output(ChildGuard(qemu), limit)
 }
