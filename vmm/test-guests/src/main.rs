@@ -104,6 +104,10 @@ extern "C" fn guest_main(zero_page: u64) -> ! {
             }
         }
     }
+    if let Some(ms) = info.arg("idle").and_then(|v| v.parse::<u64>().ok()) {
+        // Stay up for `ms` (benchmarks sample the VMM's memory meanwhile).
+        io::delay_ms(ms.min(60_000));
+    }
     if info.wants("fault") {
         // A #UD on purpose: the IDT handler reports it (a guest-side crash test).
         // SAFETY: ud2 raises #UD, handled by guest_exception, which resets.

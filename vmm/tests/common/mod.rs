@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test file uses a different subset
 
 pub mod image;
+pub mod initramfs;
 pub mod vm;
 
 use std::path::{Path, PathBuf};
