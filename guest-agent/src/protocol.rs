@@ -107,6 +107,10 @@ pub enum Request {
     SetClock { unix_nanos: u64 },
     WatchPorts,
     MountShare { tag: String, path: String },
+    /// Turn this connection into a byte stream to the guest's `127.0.0.1:port` (or `[::1]`):
+    /// the agent answers `Ok` and then splices, or `Error` when nothing accepts there.
+    /// Carries forwarded ports from the host.
+    Forward { port: u16 },
 }
 
 /// One boot phase and when it ended, in milliseconds since the guest kernel started.
@@ -288,6 +292,7 @@ mod tests {
         roundtrip(Request::Stdin {
             data: Bytes(vec![0, 1, 255, b'\n']),
         });
+        roundtrip(Request::Forward { port: 8080 });
         roundtrip(Request::SetClock {
             unix_nanos: u64::MAX,
         });

@@ -48,6 +48,23 @@ pub fn serve_vsock(debug: bool) -> std::io::Result<()> {
     }
 }
 
+/// Serve the control protocol on TCP `0.0.0.0:port` (as PID 1; `vmctl.control_tcp`).
+pub fn serve_tcp(port: u16) -> std::io::Result<()> {
+    PID1.store(true, Ordering::SeqCst);
+    let l = std::net::TcpListener::bind(("0.0.0.0", port))?;
+    info!("control server: tcp port {port}");
+    for s in l.incoming() {
+        match s {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                std::thread::spawn(move || handle(s));
+            }
+            Err(e) => info!("control server: accept: {e}"),
+        }
+    }
+    Ok(())
+}
+
 /// Serve the control protocol on a unix socket, without PID-1 duties (tests).
 pub fn serve_unix(path: &Path) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
@@ -133,6 +150,7 @@ fn session<S: Duplex>(mut conn: S) -> Result<(), ProtocolError> {
                 }
             }
             Request::WatchPorts => return watch_ports(reader, conn),
+            Request::Forward { port } => return forward(reader, conn, port),
             Request::Shutdown { reboot } => {
                 write_frame(&mut conn, &Response::Ok)?;
                 if pid1 {
@@ -145,6 +163,27 @@ fn session<S: Duplex>(mut conn: S) -> Result<(), ProtocolError> {
             other => error(format!("unexpected request {other:?}")),
         };
         write_frame(&mut conn, &resp)?;
+    }
+}
+
+/// Connect to a guest loopback port and splice it with the control connection.
+fn forward<S: Duplex>(reader: FrameReader<S>, mut conn: S, port: u16) -> Result<(), ProtocolError> {
+    let target = std::net::TcpStream::connect(("127.0.0.1", port))
+        .or_else(|_| std::net::TcpStream::connect(("::1", port)));
+    match target {
+        Ok(tcp) => {
+            let _ = tcp.set_nodelay(true);
+            write_frame(&mut conn, &Response::Ok)?;
+            // The host sends nothing after `Forward` until it reads `Ok`, so the frame
+            // reader holds no buffered bytes of the stream.
+            drop(reader);
+            super::bridge::splice(conn, tcp)?;
+            Ok(())
+        }
+        Err(e) => {
+            write_frame(&mut conn, &error(format!("guest port {port}: {e}")))?;
+            Ok(())
+        }
     }
 }
 
@@ -165,4 +204,56 @@ fn watch_ports<S: Duplex>(mut reader: FrameReader<S>, mut conn: S) -> Result<(),
         std::thread::sleep(Duration::from_millis(500));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    fn hello(reader: &mut FrameReader<UnixStream>, w: &mut UnixStream) {
+        write_frame(w, &Request::Hello { version: PROTOCOL_VERSION }).unwrap();
+        assert!(matches!(reader.expect::<Response>().unwrap(), Response::Hello { .. }));
+    }
+
+    #[test]
+    fn test_forward_splices_to_guest_loopback_port() {
+        let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = echo.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (mut s, _) = echo.accept().unwrap();
+            let mut buf = [0u8; 5];
+            s.read_exact(&mut buf).unwrap();
+            s.write_all(&buf).unwrap();
+        });
+        let (host, agent) = UnixStream::pair().unwrap();
+        std::thread::spawn(move || handle(agent));
+        let mut w = host.try_clone().unwrap();
+        let mut reader = FrameReader::new(host.try_clone().unwrap());
+        hello(&mut reader, &mut w);
+        write_frame(&mut w, &Request::Forward { port }).unwrap();
+        assert_eq!(reader.expect::<Response>().unwrap(), Response::Ok);
+        drop(reader);
+        w.write_all(b"hello").unwrap();
+        let mut back = [0u8; 5];
+        let mut r = host;
+        r.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"hello");
+    }
+
+    #[test]
+    fn test_forward_to_closed_port_reports_error() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let (host, agent) = UnixStream::pair().unwrap();
+        std::thread::spawn(move || handle(agent));
+        let mut w = host.try_clone().unwrap();
+        let mut reader = FrameReader::new(host);
+        hello(&mut reader, &mut w);
+        write_frame(&mut w, &Request::Forward { port }).unwrap();
+        assert!(matches!(reader.expect::<Response>().unwrap(), Response::Error { .. }));
+    }
 }
