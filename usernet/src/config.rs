@@ -109,6 +109,9 @@ pub struct Config {
     pub resolv_conf: PathBuf,
     /// Inbound port forwards.
     pub forwards: Vec<PortForward>,
+    /// NAT to hosts other than the gateway (host loopback) and DNS; `false` makes a
+    /// host-only network.
+    pub outbound: bool,
     /// Verify IPv4/TCP/UDP/ICMP checksums of guest frames (off for a trusted local TAP).
     pub verify_checksums: bool,
     /// Limits that bound memory whatever the guest sends.
@@ -161,6 +164,7 @@ impl Default for Config {
             mtu: 65520,
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
             forwards: Vec::new(),
+            outbound: true,
             verify_checksums: true,
             limits: Limits::default(),
         }

@@ -98,8 +98,13 @@ impl smoltcp::phy::TxToken for TxTok<'_> {
         b.clear();
         b.resize(len, 0);
         let r = f(&mut b);
-        // Replies generated while receiving may exceed max_tx by the receive batch; bounded.
-        self.queue.tx.push_back(b);
+        // Replies generated while receiving (ACKs, RSTs, ARP) are dropped once the queue
+        // is full, like a NIC ring; TCP retransmits what matters.
+        if self.queue.tx.len() < self.queue.max_tx {
+            self.queue.tx.push_back(b);
+        } else {
+            self.queue.recycle(b);
+        }
         r
     }
 }

@@ -14,7 +14,7 @@ pub fn fuzz_frame(data: &[u8]) {
     }
 }
 
-/// Feeds every `data` chunk (split at 0xfe 0xfe markers) as frames to one shared stack, so
+/// Feeds every `data` chunk (split after each 0xfe byte) as frames to one shared stack, so
 /// state built by earlier frames (connections, flows) meets later ones.
 pub fn fuzz_frames(data: &[u8]) {
     static NET: Mutex<Option<UserNet>> = Mutex::new(None);
@@ -40,7 +40,9 @@ pub fn fuzz_frames(data: &[u8]) {
 
 fn fuzz_config() -> Config {
     Config {
-        // Connections and flows target nothing real: an address from TEST-NET-1.
+        // Only the gateway (host loopback) is reachable, and DNS has no upstream: fuzzing
+        // never sends traffic off this machine.
+        outbound: false,
         resolv_conf: "/nonexistent/resolv.conf".into(),
         ..Config::default()
     }

@@ -59,8 +59,8 @@ use std::time::Duration;
 
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketSet};
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, HardwareAddress, IpCidr, IpProtocol,
-    Ipv4Packet,
+    ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, HardwareAddress, IpCidr,
+    IpProtocol, Ipv4Packet,
 };
 
 pub use config::{parse_mac, Config, ConfigError, Limits, PortForward, Proto};
@@ -143,7 +143,8 @@ impl Core {
         if remote == self.config.gateway_ip {
             return Some(self.config.host_loopback);
         }
-        if self.config.in_network(remote)
+        if !self.config.outbound
+            || self.config.in_network(remote)
             || remote.is_broadcast()
             || remote.is_multicast()
             || remote.is_unspecified()
@@ -319,7 +320,27 @@ impl UserNet {
             return false;
         }
         match eth.ethertype() {
-            EthernetProtocol::Arp => self.core.device.push_rx(frame),
+            EthernetProtocol::Arp => {
+                // smoltcp in AnyIP mode would answer ARP for every address (proxy ARP),
+                // which breaks the guest's duplicate-address probes: pass on only what
+                // concerns the gateway/DNS addresses.
+                let Ok(arp) = ArpPacket::new_checked(eth.payload()) else {
+                    return false;
+                };
+                let Ok(ArpRepr::EthernetIpv4 {
+                    target_protocol_addr,
+                    ..
+                }) = ArpRepr::parse(&arp)
+                else {
+                    return false;
+                };
+                let cfg = &self.core.config;
+                if target_protocol_addr != cfg.gateway_ip && target_protocol_addr != cfg.dns_ip {
+                    return false;
+                }
+                self.core.guest_mac = Some(src.0);
+                self.core.device.push_rx(frame)
+            }
             EthernetProtocol::Ipv4 => {
                 let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
                     return false;

@@ -49,6 +49,7 @@ struct Conn {
     host_shut: bool,
     /// The guest sent FIN.
     guest_fin: bool,
+    /// Finished: removed on the next pass, after smoltcp had a chance to send its RST/FIN.
     dead: bool,
 }
 
@@ -358,11 +359,12 @@ impl TcpNat {
         let mut moved = false;
         let mut dead = Vec::new();
         for (key, c) in self.conns.iter_mut() {
-            let sock = core.sockets.get_mut::<tcp::Socket>(c.handle);
-            moved |= splice(c, sock);
             if c.dead {
                 dead.push(*key);
+                continue;
             }
+            let sock = core.sockets.get_mut::<tcp::Socket>(c.handle);
+            moved |= splice(c, sock);
         }
         for key in dead {
             self.close_conn(core, registry, &key);
