@@ -160,6 +160,76 @@ fn test_guest_exception_reported_and_reset_clean() {
 }
 
 #[test]
+fn test_guest_breakpoint_reported_at_its_rip() {
+    if !require_kvm() {
+        return;
+    }
+    let run = VmSpec::guest(&guest_elf(), "int3").run();
+    run.assert_no_crash();
+    let site = run
+        .serial
+        .lines()
+        .find_map(|l| l.strip_prefix("INT3 at "))
+        .unwrap_or_else(|| panic!("guest did not reach int3\n{}", run.dump()))
+        .trim()
+        .to_string();
+    if common::is_pvm() {
+        // PVM cannot emulate int3 in guest kernel mode: the VMM must stop with one line
+        // naming the faulting RIP (not hang, not panic, not exit 0).
+        let code = run.status.and_then(|s| s.code());
+        assert!(
+            code.is_some_and(|c| c != 0),
+            "exit {code:?}\n{}",
+            run.dump()
+        );
+        let cause = run
+            .stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        assert!(
+            cause.contains(&format!("RIP {site}")),
+            "last stderr line does not name RIP {site}\n{}",
+            run.dump()
+        );
+    } else {
+        assert!(
+            run.serial.contains("FATAL exception vector=3 "),
+            "{}",
+            run.dump()
+        );
+        assert_eq!(run.status.and_then(|s| s.code()), Some(0), "{}", run.dump());
+    }
+}
+
+#[test]
+fn test_guest_triple_fault_ends_vm_without_hang() {
+    if !require_kvm() {
+        return;
+    }
+    let mut spec = VmSpec::guest(&guest_elf(), "triplefault");
+    spec.timeout = std::time::Duration::from_secs(30);
+    let run = spec.run();
+    // A triple fault is a CPU shutdown: the VMM ends the VM (as a reset, exit 0, like
+    // Firecracker, or as a failure with a cause), and never runs the guest on.
+    run.assert_no_crash();
+    assert!(run.serial.contains("TRIPLEFAULT now"), "{}", run.dump());
+    assert!(
+        !run.serial.contains("DONE"),
+        "guest ran past its triple fault\n{}",
+        run.dump()
+    );
+    if run.status.and_then(|s| s.code()) != Some(0) {
+        assert!(
+            !run.stderr.trim().is_empty(),
+            "failure without a cause\n{}",
+            run.dump()
+        );
+    }
+}
+
+#[test]
 fn test_vmm_missing_kernel_fails_with_one_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut spec = VmSpec::guest(&dir.path().join("no-such-kernel"), "boot");

@@ -86,3 +86,31 @@ fn test_hostile_notify_flood_vmm_survives() {
         }
     }
 }
+
+#[test]
+fn test_hostile_indirect_without_feature_vmm_survives() {
+    hostile("hostile_indirect");
+}
+
+#[test]
+fn test_hostile_unowned_io_ports_vmm_survives() {
+    if let Some(run) = hostile("hostile_pio") {
+        if run.status.and_then(|s| s.code()) == Some(0) {
+            run.ok("hostile.pio");
+            assert!(
+                run.serial.contains("hostile.pio: COM1 still prints"),
+                "{}",
+                run.dump()
+            );
+        }
+    }
+}
+
+#[test]
+fn test_hostile_unmapped_guest_physical_vmm_survives() {
+    if let Some(run) = hostile("hostile_unmapped") {
+        if run.status.and_then(|s| s.code()) == Some(0) {
+            run.ok("hostile.unmapped");
+        }
+    }
+}

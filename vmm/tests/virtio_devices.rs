@@ -112,10 +112,23 @@ fn test_blk_rw_disk_requests_reach_image() {
             "write-zeroes left data"
         );
     }
+    run.ok("blk.batch");
+    for k in 0..5usize {
+        let s = &after[(8 + k) * SECTOR..(9 + k) * SECTOR];
+        assert!(
+            s.iter().all(|&b| b == 0xa0 + k as u8),
+            "batched write to sector {} missing",
+            8 + k
+        );
+    }
     // Outside the ranges the guest touched, nothing changed.
     assert!(
-        after[6 * SECTOR..] == before[6 * SECTOR..],
-        "bytes beyond sector 6 changed"
+        after[6 * SECTOR..8 * SECTOR] == before[6 * SECTOR..8 * SECTOR],
+        "sectors 6-7 changed"
+    );
+    assert!(
+        after[13 * SECTOR..] == before[13 * SECTOR..],
+        "bytes beyond sector 13 changed"
     );
 }
 

@@ -134,6 +134,27 @@ irq_stub_\v:
     options(att_syntax)
 );
 
+// Deliberate faults: `int3_site` (a breakpoint at a known address) and `triple_fault`
+// (an empty IDT, then #UD: #UD -> #GP -> #DF -> shutdown).
+global_asm!(
+    r#"
+    .section .text, "ax"
+    .global int3_site
+int3_site:
+    int3
+    ret
+    .global triple_fault
+triple_fault:
+    sub $16, %rsp
+    movw $0, (%rsp)
+    movq $0, 2(%rsp)
+    lidt (%rsp)
+    ud2
+4:  jmp 4b
+"#,
+    options(att_syntax)
+);
+
 // The AP trampoline, copied to 0x10000 (SIPI vector 0x10: CS=0x1000, IP=0). Real mode
 // straight to long mode with the BSP's page tables, then `ap_entry(index)` on its own
 // stack. The BSP fills the mailbox (cr3, stacks, entry) before sending the SIPIs.

@@ -3,7 +3,7 @@
 use crate::io::{bytes, fill, fnv1a, rd, wr, Hex};
 use crate::mem::alloc_pages;
 use crate::report::Report;
-use crate::virtio::{Mmio, Queue, F_VERSION_1};
+use crate::virtio::{Mmio, Queue, D_NEXT, D_WRITE, F_VERSION_1};
 
 pub const F_SIZE_MAX: u64 = 1 << 1;
 pub const F_SEG_MAX: u64 = 1 << 2;
@@ -193,6 +193,18 @@ pub fn test_blk(n: usize, mmio: Mmio, r: &mut Report) {
         );
     }
 
+    if !ro {
+        let (wst, rst, same) = batch(&mut b);
+        r.check(
+            "blk.batch",
+            wst && rst && same,
+            format_args!(
+                "dev={n} chains={BATCH} sectors=8..13 writes_ok={} reads_ok={} match={}",
+                wst as u8, rst as u8, same as u8
+            ),
+        );
+    }
+
     let id = b.meta + 0x100;
     fill(id, 0, 20);
     let st = b.request(T_GET_ID, 0, Some((id, 20, true)));
@@ -240,4 +252,53 @@ pub fn test_blk(n: usize, mmio: Mmio, r: &mut Report) {
             format_args!("dev={n} VIRTIO_BLK_F_WRITE_ZEROES not offered"),
         );
     }
+}
+
+/// Requests published together before one notify.
+pub const BATCH: u64 = 5;
+
+/// The byte the guest writes in batch sector `8 + k`.
+pub fn batch_byte(k: u64) -> u8 {
+    0xa0 + k as u8
+}
+
+/// BATCH requests of type `ty` (sectors 8..8+BATCH, data page slices) behind one notify.
+fn batch_io(b: &mut Blk, ty: u32) -> bool {
+    for k in 0..BATCH {
+        let hdr = b.meta + 0x200 + 32 * k;
+        wr::<u32>(hdr, ty);
+        wr::<u32>(hdr + 4, 0);
+        wr::<u64>(hdr + 8, 8 + k);
+        wr::<u8>(b.meta + 0x300 + k, 0xff);
+        let d = 3 * k as u16;
+        let flags = if ty == T_IN { D_WRITE } else { 0 };
+        b.q.set_desc(d, hdr, 16, D_NEXT, d + 1);
+        b.q.set_desc(d + 1, b.data + 512 * k, 512, flags | D_NEXT, d + 2);
+        b.q.set_desc(d + 2, b.meta + 0x300 + k, 1, D_WRITE, 0);
+        b.q.push_avail(d);
+    }
+    b.q.notify();
+    let mut done = 0;
+    while done < BATCH {
+        if b.q.wait_used(REQ_MS).is_none() {
+            return false;
+        }
+        done += 1;
+    }
+    (0..BATCH).all(|k| rd::<u8>(b.meta + 0x300 + k) == S_OK)
+}
+
+fn batch(b: &mut Blk) -> (bool, bool, bool) {
+    for k in 0..BATCH {
+        fill(b.data + 512 * k, batch_byte(k), 512);
+    }
+    let w = batch_io(b, T_OUT);
+    fill(b.data, 0, 4096);
+    let r = batch_io(b, T_IN);
+    let same = (0..BATCH).all(|k| {
+        bytes(b.data + 512 * k, 512)
+            .iter()
+            .all(|&c| c == batch_byte(k))
+    });
+    (w, r, same)
 }

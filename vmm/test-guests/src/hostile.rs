@@ -5,7 +5,7 @@
 use crate::blk::{Blk, S_OK, TIMEOUT, T_IN};
 use crate::io::{rd, wr};
 use crate::report::Report;
-use crate::virtio::{self, Mmio, D_NEXT, D_WRITE};
+use crate::virtio::{self, Mmio, D_INDIRECT, D_NEXT, D_WRITE};
 
 /// An address far outside any guest RAM.
 const OUTSIDE: u64 = 0x0000_7fff_0000_0000;
@@ -62,6 +62,9 @@ pub fn run(mode: &str, mmio: Mmio, r: &mut Report) {
         "hostile_ring" => "hostile.ring",
         "hostile_mmio" => "hostile.mmio",
         "hostile_flood" => "hostile.flood",
+        "hostile_indirect" => "hostile.indirect",
+        "hostile_pio" => "hostile.pio",
+        "hostile_unmapped" => "hostile.unmapped",
         _ => return r.fail("hostile", format_args!("unknown mode {mode}")),
     };
     let mut b = match Blk::init(mmio) {
@@ -120,6 +123,28 @@ pub fn run(mode: &str, mmio: Mmio, r: &mut Report) {
                 &mut b,
             );
         }
+        "hostile_indirect" => {
+            // VIRTIO_F_INDIRECT_DESC was not negotiated; the table is garbage anyway.
+            let (done, s) = bad_read(
+                &mut b,
+                &[
+                    (hdr, 16, D_NEXT, 1),
+                    (data, 0xfff0, D_INDIRECT | D_NEXT, 2),
+                    (st, 1, D_WRITE, 0),
+                ],
+            );
+            report(r, name, done, s, &mut b);
+        }
+        "hostile_pio" => {
+            pio_abuse();
+            crate::println!("hostile.pio: COM1 still prints");
+            report(r, name, false, 0, &mut b);
+        }
+        "hostile_unmapped" => {
+            let sum = unmapped_abuse();
+            crate::println!("hostile.unmapped: reads summed to {sum:#x}");
+            report(r, name, false, 0, &mut b);
+        }
         "hostile_ring" => {
             // Rings outside guest memory, then DRIVER_OK and a notify.
             let outcome = (|| -> Result<(), &'static str> {
@@ -171,6 +196,60 @@ pub fn run(mode: &str, mmio: Mmio, r: &mut Report) {
         }
         _ => {}
     }
+}
+
+/// Reads and writes of every width on ports nobody (or a legacy device) owns. COM1's
+/// control registers are left alone so the report still gets out.
+fn pio_abuse() {
+    use core::arch::asm;
+    let ports: [u16; 16] = [
+        0x80, 0xcf8, 0xcfc, 0x3f9, 0x3fa, 0x3fe, 0x60, 0x64, 0x70, 0x71, 0x40, 0x43, 0x61, 0x510,
+        0x1234, 0xfffc,
+    ];
+    let mut sink = 0u32;
+    for &p in &ports {
+        sink = sink.wrapping_add(u32::from(crate::io::inb(p)));
+        let (w, d): (u16, u32);
+        // SAFETY: port I/O only; the VMM decides what each port does.
+        unsafe {
+            asm!("in ax, dx", in("dx") p, out("ax") w, options(nostack));
+            asm!("in eax, dx", in("dx") p, out("eax") d, options(nostack));
+        }
+        sink = sink.wrapping_add(u32::from(w)).wrapping_add(d);
+    }
+    // PCI config-space probing as Linux does it, then junk writes to unowned ports.
+    for &p in &[0xcf8u16, 0x80, 0x1234, 0xfffc, 0x510, 0x43] {
+        // SAFETY: port I/O only.
+        unsafe {
+            asm!("out dx, eax", in("dx") p, in("eax") 0x8000_0000u32, options(nostack));
+            asm!("out dx, ax", in("dx") p, in("ax") 0xbeefu16, options(nostack));
+        }
+        crate::io::outb(p, 0x5a);
+    }
+    core::hint::black_box(sink);
+}
+
+/// Reads and writes of guest-physical addresses with no RAM or device behind them.
+fn unmapped_abuse() -> u64 {
+    let mut sum = 0u64;
+    for addr in [
+        0x0c00_0000u64,
+        0x1000_0000,
+        0x3fff_f000,
+        0xd010_0000,
+        0xe000_0000,
+        0xfed0_0000,
+    ] {
+        if !crate::mem::map_mmio(addr) {
+            continue;
+        }
+        sum = sum.wrapping_add(u64::from(rd::<u32>(addr)));
+        sum = sum.wrapping_add(u64::from(rd::<u8>(addr + 3)));
+        sum = sum.wrapping_add(rd::<u64>(addr + 8));
+        wr::<u32>(addr, 0xdead_beef);
+        wr::<u64>(addr + 16, u64::MAX);
+    }
+    sum
 }
 
 /// Unknown offsets, read-only registers written, and 1/2/8-byte accesses.

@@ -26,7 +26,7 @@ use report::Report;
 use virtio::Mmio;
 mod virtio;
 
-const HOSTILE: [&str; 7] = [
+const HOSTILE: [&str; 10] = [
     "hostile_oob",
     "hostile_loop",
     "hostile_len",
@@ -34,6 +34,9 @@ const HOSTILE: [&str; 7] = [
     "hostile_ring",
     "hostile_mmio",
     "hostile_flood",
+    "hostile_indirect",
+    "hostile_pio",
+    "hostile_unmapped",
 ];
 
 #[no_mangle]
@@ -107,6 +110,24 @@ extern "C" fn guest_main(zero_page: u64) -> ! {
     if let Some(ms) = info.arg("idle").and_then(|v| v.parse::<u64>().ok()) {
         // Stay up for `ms` (benchmarks sample the VMM's memory meanwhile).
         io::delay_ms(ms.min(60_000));
+    }
+    if info.wants("int3") {
+        extern "C" {
+            fn int3_site();
+        }
+        // Real KVM delivers #BP to the IDT (FATAL vector=3); PVM cannot emulate int3 in
+        // guest kernel mode and the VMM must report the failure at this address.
+        println!("INT3 at {:#x}", int3_site as *const () as u64);
+        // SAFETY: int3_site is `int3; ret`; the #BP handler reports and resets.
+        unsafe { int3_site() }
+    }
+    if info.wants("triplefault") {
+        extern "C" {
+            fn triple_fault() -> !;
+        }
+        println!("TRIPLEFAULT now");
+        // SAFETY: deliberately shuts the vCPU down; nothing after it runs.
+        unsafe { triple_fault() }
     }
     if info.wants("fault") {
         // A #UD on purpose: the IDT handler reports it (a guest-side crash test).

@@ -35,6 +35,7 @@ pub const F_VERSION_1: u64 = 1 << 32;
 
 pub const D_NEXT: u16 = 1;
 pub const D_WRITE: u16 = 2;
+pub const D_INDIRECT: u16 = 4;
 
 /// Queue size the driver asks for (capped by QueueNumMax).
 const QSIZE: u16 = 16;
