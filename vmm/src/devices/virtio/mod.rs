@@ -9,6 +9,7 @@ pub mod block;
 pub mod console;
 pub mod mmio;
 pub mod rng;
+pub mod vsock;
 pub mod worker;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -28,6 +29,7 @@ pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_CONSOLE: u32 = 3;
 pub const TYPE_RNG: u32 = 4;
+pub const TYPE_VSOCK: u32 = 19;
 
 /// Interrupt status bits.
 const INT_USED_RING: u32 = 1;

@@ -1,0 +1,672 @@
+//! The transport-neutral core of virtio-vsock: the connection table, the host side (the
+//! hybrid-vsock unix socket of Firecracker/Cloud Hypervisor) and the routing of guest packets.
+//!
+//! It knows nothing of virtqueues: the in-process device and the vhost-user backend feed it
+//! guest tx packets ([`Muxer::send_from_guest`]), ask it for rx packets ([`Muxer::next_rx`]),
+//! and call [`Muxer::process_host_events`] when its epoll fd ([`Muxer::epoll_fd`]) is readable.
+//!
+//! Host side: clients connect to `uds_path` and write `CONNECT <port>\n`; on the guest's
+//! RESPONSE they read `OK <host port>\n` and the socket carries the stream. Guest connections
+//! to the host (CID 2) port P are connected to the unix socket `<uds_path>_P`.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{ErrorKind, Read};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use super::conn::{Conn, State, Verdict, CONN_BUF_SIZE, MAX_PKT_PAYLOAD};
+use super::packet::*;
+use crate::warn_ratelimited;
+
+/// Most connections (established, connecting, or host clients mid-handshake) at once.
+pub const MAX_CONNS: usize = 1024;
+/// Most guest data buffered for host sockets, over all connections.
+pub const MAX_BUFFERED_TOTAL: usize = 64 << 20;
+/// Most RSTs for unknown connections waiting for rx buffers; more are dropped.
+const MAX_PENDING_RST: usize = 256;
+/// The longest `CONNECT <port>\n` line we read.
+const MAX_HANDSHAKE: usize = 32;
+/// First host-side port handed to host-initiated connections (as Firecracker does).
+const LOCAL_PORT_BASE: u32 = 1 << 30;
+
+const LISTENER_KEY: u64 = u64::MAX;
+const HANDSHAKE_TAG: u64 = 1 << 32;
+
+/// Errors setting up the host side.
+#[derive(Debug, thiserror::Error)]
+pub enum MuxerError {
+    #[error("Cannot listen on the vsock socket {path}: {source}")]
+    Listen {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Cannot set up the vsock event loop: {0}")]
+    Epoll(#[source] std::io::Error),
+    #[error("Guest CID {0} is reserved (use 3 or more)")]
+    BadCid(u64),
+}
+
+/// (host-side port, guest port).
+type Key = (u32, u32);
+
+/// A host client that has connected but not yet sent its `CONNECT` line.
+struct Handshake {
+    stream: UnixStream,
+    line: Vec<u8>,
+}
+
+/// The connection table and host sockets of one vsock device.
+pub struct Muxer {
+    guest_cid: u64,
+    uds_path: PathBuf,
+    listener: UnixListener,
+    epoll: Epoll,
+    conns: HashMap<Key, Conn>,
+    by_fd: HashMap<RawFd, Key>,
+    handshakes: HashMap<RawFd, Handshake>,
+    ready: VecDeque<Key>,
+    rst_queue: VecDeque<Header>,
+    next_local_port: u32,
+    buffered_total: usize,
+}
+
+impl Muxer {
+    /// Listens on `uds_path` (replacing a stale socket file) for a guest with `guest_cid`.
+    pub fn new(guest_cid: u64, uds_path: &Path) -> Result<Muxer, MuxerError> {
+        if guest_cid <= HOST_CID || guest_cid >= u64::from(u32::MAX) {
+            return Err(MuxerError::BadCid(guest_cid));
+        }
+        let listen_err = |source| MuxerError::Listen {
+            path: uds_path.display().to_string(),
+            source,
+        };
+        // A socket file left by a previous run would make bind fail; remove only a socket.
+        if let Ok(m) = std::fs::symlink_metadata(uds_path) {
+            use std::os::unix::fs::FileTypeExt;
+            if m.file_type().is_socket() {
+                let _ = std::fs::remove_file(uds_path);
+            }
+        }
+        let listener = UnixListener::bind(uds_path).map_err(listen_err)?;
+        listener.set_nonblocking(true).map_err(listen_err)?;
+        let epoll = Epoll::new().map_err(MuxerError::Epoll)?;
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                listener.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, LISTENER_KEY),
+            )
+            .map_err(MuxerError::Epoll)?;
+        Ok(Muxer {
+            guest_cid,
+            uds_path: uds_path.to_path_buf(),
+            listener,
+            epoll,
+            conns: HashMap::new(),
+            by_fd: HashMap::new(),
+            handshakes: HashMap::new(),
+            ready: VecDeque::new(),
+            rst_queue: VecDeque::new(),
+            next_local_port: LOCAL_PORT_BASE,
+            buffered_total: 0,
+        })
+    }
+
+    pub fn guest_cid(&self) -> u64 {
+        self.guest_cid
+    }
+
+    /// Readable when a host socket needs attention.
+    pub fn epoll_fd(&self) -> RawFd {
+        self.epoll.as_raw_fd()
+    }
+
+    /// Number of connections (for tests and status).
+    pub fn conn_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Drops every connection (device reset): host clients see their socket close.
+    pub fn reset(&mut self) {
+        self.conns.clear();
+        self.by_fd.clear();
+        self.ready.clear();
+        self.rst_queue.clear();
+        self.buffered_total = 0;
+    }
+
+    fn total_conns(&self) -> usize {
+        self.conns.len() + self.handshakes.len()
+    }
+
+    fn mark_ready(&mut self, key: Key) {
+        if let Some(c) = self.conns.get_mut(&key) {
+            if !c.in_ready && c.has_rx() {
+                c.in_ready = true;
+                self.ready.push_back(key);
+            }
+        }
+    }
+
+    fn queue_rst(&mut self, to: &Header) {
+        if self.rst_queue.len() < MAX_PENDING_RST {
+            self.rst_queue.push_back(to.reply(OP_RST));
+        } else {
+            warn_ratelimited!("vsock: RST queue full; dropping a reset for the guest");
+        }
+    }
+
+    fn remove(&mut self, key: Key) {
+        if let Some(c) = self.conns.remove(&key) {
+            self.by_fd.remove(&c.stream.as_raw_fd());
+            self.buffered_total = self.buffered_total.saturating_sub(c.buffered());
+            // Closing the stream removes it from the epoll set.
+        }
+    }
+
+    fn register_conn(&mut self, conn: Conn) {
+        let key = (conn.local_port, conn.peer_port);
+        let fd = conn.stream.as_raw_fd();
+        let ev = EpollEvent::new(
+            EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED,
+            fd as u64,
+        );
+        if let Err(e) = self.epoll.ctl(ControlOperation::Add, fd, ev) {
+            warn_ratelimited!("vsock: cannot watch a host socket: {e}");
+            return;
+        }
+        self.by_fd.insert(fd, key);
+        self.conns.insert(key, conn);
+        self.mark_ready(key);
+    }
+
+    /// Handles one packet from the guest's tx queue. `payload` holds `h.len` bytes.
+    pub fn send_from_guest(&mut self, h: &Header, payload: &[u8]) {
+        if h.src_cid != self.guest_cid || h.dst_cid != HOST_CID {
+            warn_ratelimited!(
+                "vsock: dropped {} from cid {} to cid {} (guest is cid {})",
+                op_name(h.op),
+                h.src_cid,
+                h.dst_cid,
+                self.guest_cid
+            );
+            if h.op != OP_RST && h.src_cid == self.guest_cid {
+                self.queue_rst(h);
+            }
+            return;
+        }
+        if h.type_ != TYPE_STREAM || payload.len() != h.len as usize {
+            warn_ratelimited!(
+                "vsock: bad packet (type {}, len {} with {} payload bytes); reset",
+                h.type_,
+                h.len,
+                payload.len()
+            );
+            self.reset_or_rst(h);
+            return;
+        }
+        let key = (h.dst_port, h.src_port);
+        if !self.conns.contains_key(&key) {
+            match h.op {
+                OP_REQUEST => self.guest_connect(h),
+                OP_RST => {}
+                _ => self.queue_rst(h),
+            }
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        let before = conn.buffered();
+        let result = if h.op == OP_RW && self.buffered_total + payload.len() > MAX_BUFFERED_TOTAL {
+            warn_ratelimited!("vsock: host sockets are not reading; resetting a connection");
+            conn.reset();
+            Ok(Verdict::Keep)
+        } else {
+            conn.recv(h, payload)
+        };
+        let after = conn.buffered();
+        self.buffered_total = (self.buffered_total + after).saturating_sub(before);
+        match result {
+            Ok(Verdict::Keep) => self.mark_ready(key),
+            Ok(Verdict::Remove) => self.remove(key),
+            Err(e) => {
+                warn_ratelimited!("vsock: port {} → {}: {e}; reset", h.src_port, h.dst_port);
+                if let Some(c) = self.conns.get_mut(&key) {
+                    c.reset();
+                }
+                self.mark_ready(key);
+            }
+        }
+    }
+
+    /// RSTs the connection `h` belongs to, or answers RST when there is none.
+    fn reset_or_rst(&mut self, h: &Header) {
+        let key = (h.dst_port, h.src_port);
+        match self.conns.get_mut(&key) {
+            Some(c) => {
+                c.reset();
+                self.mark_ready(key);
+            }
+            None if h.op != OP_RST => self.queue_rst(h),
+            None => {}
+        }
+    }
+
+    /// The guest connects to host port `h.dst_port`: `<uds_path>_<port>`.
+    fn guest_connect(&mut self, h: &Header) {
+        if self.total_conns() >= MAX_CONNS {
+            warn_ratelimited!("vsock: connection limit ({MAX_CONNS}) reached; refusing");
+            return self.queue_rst(h);
+        }
+        let mut path = self.uds_path.clone().into_os_string();
+        path.push(format!("_{}", h.dst_port));
+        // A unix-socket connect completes at once or fails (it blocks only if the listener's
+        // backlog is full, which a host service that listens at all keeps short).
+        match UnixStream::connect(&path).and_then(|s| s.set_nonblocking(true).map(|()| s)) {
+            Ok(stream) => {
+                let conn = Conn::guest_initiated(stream, h, self.guest_cid);
+                self.register_conn(conn);
+            }
+            Err(e) => {
+                log::debug!(
+                    "vsock: guest port {} → host port {}: {}: {e}",
+                    h.src_port,
+                    h.dst_port,
+                    PathBuf::from(path).display()
+                );
+                self.queue_rst(h);
+            }
+        }
+    }
+
+    /// Whether [`Muxer::next_rx`] may have a packet.
+    pub fn has_rx(&self) -> bool {
+        !self.rst_queue.is_empty() || !self.ready.is_empty()
+    }
+
+    /// Writes the next packet for the guest into `buf` (header then payload; `buf` should hold
+    /// [`HDR_LEN`] + the guest's rx buffer size); returns its length, or None when there is
+    /// nothing to send or `buf` cannot hold a header.
+    pub fn next_rx(&mut self, buf: &mut [u8]) -> Option<usize> {
+        if buf.len() < HDR_LEN {
+            return None;
+        }
+        if let Some(h) = self.rst_queue.pop_front() {
+            buf[..HDR_LEN].copy_from_slice(&h.encode());
+            return Some(HDR_LEN);
+        }
+        while let Some(key) = self.ready.pop_front() {
+            let Some(conn) = self.conns.get_mut(&key) else {
+                continue;
+            };
+            conn.in_ready = false;
+            let out = conn.produce(buf);
+            if conn.finished() {
+                self.remove(key);
+            } else {
+                self.mark_ready(key);
+            }
+            if out.is_some() {
+                return out;
+            }
+        }
+        None
+    }
+
+    /// Accepts host clients, reads their handshakes and notes which connections became
+    /// readable or writable. Never blocks.
+    pub fn process_host_events(&mut self) {
+        let mut events = [EpollEvent::default(); 64];
+        loop {
+            let n = match self.epoll.wait(0, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    warn_ratelimited!("vsock: epoll_wait failed: {e}");
+                    return;
+                }
+            };
+            for ev in &events[..n] {
+                let data = ev.data();
+                if data == LISTENER_KEY {
+                    self.accept_clients();
+                } else if data & HANDSHAKE_TAG != 0 {
+                    self.read_handshake((data & !HANDSHAKE_TAG) as RawFd);
+                } else {
+                    self.host_ready(data as RawFd, ev.event_set());
+                }
+            }
+            if n < events.len() {
+                return;
+            }
+        }
+    }
+
+    fn accept_clients(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if self.total_conns() >= MAX_CONNS {
+                        warn_ratelimited!(
+                            "vsock: connection limit ({MAX_CONNS}) reached; closing a host client"
+                        );
+                        continue;
+                    }
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    let fd = stream.as_raw_fd();
+                    let ev = EpollEvent::new(EventSet::IN, HANDSHAKE_TAG | fd as u64);
+                    if self.epoll.ctl(ControlOperation::Add, fd, ev).is_ok() {
+                        self.handshakes.insert(
+                            fd,
+                            Handshake {
+                                stream,
+                                line: Vec::new(),
+                            },
+                        );
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    warn_ratelimited!("vsock: accept on {}: {e}", self.uds_path.display());
+                    return;
+                }
+            }
+        }
+    }
+
+    fn read_handshake(&mut self, fd: RawFd) {
+        let Some(hs) = self.handshakes.get_mut(&fd) else {
+            return;
+        };
+        // One byte at a time, so that no stream data after the line is consumed here.
+        let mut b = [0u8; 1];
+        let done = loop {
+            match hs.stream.read(&mut b) {
+                Ok(0) => break Err("closed before CONNECT"),
+                Ok(_) if b[0] == b'\n' => break Ok(()),
+                Ok(_) if hs.line.len() >= MAX_HANDSHAKE => break Err("line too long"),
+                Ok(_) => hs.line.push(b[0]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(_) => break Err("read failed"),
+            }
+        };
+        let Some(hs) = self.handshakes.remove(&fd) else {
+            return;
+        };
+        let _ = self
+            .epoll
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        let port = done.and_then(|()| parse_connect(&hs.line).ok_or("expected CONNECT <port>"));
+        match port {
+            Ok(port) => {
+                let local = self.alloc_local_port(port);
+                let conn = Conn::host_initiated(hs.stream, local, port, self.guest_cid);
+                self.register_conn(conn);
+            }
+            Err(why) => {
+                log::debug!("vsock: host client dropped: {why}");
+            }
+        }
+    }
+
+    fn alloc_local_port(&mut self, peer_port: u32) -> u32 {
+        loop {
+            let p = self.next_local_port;
+            self.next_local_port = if p == u32::MAX {
+                LOCAL_PORT_BASE
+            } else {
+                p + 1
+            };
+            if !self.conns.contains_key(&(p, peer_port)) {
+                return p;
+            }
+        }
+    }
+
+    fn host_ready(&mut self, fd: RawFd, ev: EventSet) {
+        let Some(&key) = self.by_fd.get(&fd) else {
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if ev.intersects(EventSet::HANG_UP) {
+            conn.host_hup = true;
+        }
+        if ev
+            .intersects(EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR)
+        {
+            conn.readable = true;
+        }
+        if ev.intersects(EventSet::OUT) && conn.buffered() > 0 {
+            let before = conn.buffered();
+            conn.flush();
+            self.buffered_total = self.buffered_total.saturating_sub(before - conn.buffered());
+            if conn.state == State::Closing && conn.finished() {
+                self.remove(key);
+                return;
+            }
+        }
+        self.mark_ready(key);
+    }
+}
+
+/// Parses `CONNECT <port>` (a trailing `\r` is allowed).
+fn parse_connect(line: &[u8]) -> Option<u32> {
+    let s = std::str::from_utf8(line).ok()?.trim_end_matches('\r');
+    let port = s.strip_prefix("CONNECT ")?;
+    port.trim().parse().ok()
+}
+
+/// Largest rx packet the device ever produces (header + payload).
+pub const MAX_RX_PACKET: usize = HDR_LEN + MAX_PKT_PAYLOAD;
+const _: () = assert!(MAX_PKT_PAYLOAD <= CONN_BUF_SIZE as usize);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::net::UnixListener;
+
+    fn muxer(dir: &Path) -> Muxer {
+        Muxer::new(3, &dir.join("v.sock")).unwrap()
+    }
+
+    fn guest(op: u16, src_port: u32, dst_port: u32) -> Header {
+        Header {
+            src_cid: 3,
+            dst_cid: HOST_CID,
+            src_port,
+            dst_port,
+            type_: TYPE_STREAM,
+            op,
+            buf_alloc: 65536,
+            ..Header::default()
+        }
+    }
+
+    fn rx(m: &mut Muxer) -> Option<(Header, Vec<u8>)> {
+        let mut buf = vec![0u8; HDR_LEN + 4096];
+        let n = m.next_rx(&mut buf)?;
+        let h = Header::from_slice(&buf).unwrap();
+        Some((h, buf[HDR_LEN..n].to_vec()))
+    }
+
+    /// Processes host events until `f` sees what it waits for (or 2 s pass).
+    fn pump<T>(m: &mut Muxer, mut f: impl FnMut(&mut Muxer) -> Option<T>) -> T {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            m.process_host_events();
+            if let Some(v) = f(m) {
+                return v;
+            }
+            assert!(std::time::Instant::now() < end, "timed out");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn test_parse_connect_lines() {
+        assert_eq!(parse_connect(b"CONNECT 2375"), Some(2375));
+        assert_eq!(parse_connect(b"CONNECT 52\r"), Some(52));
+        assert_eq!(parse_connect(b"CONNECT"), None);
+        assert_eq!(parse_connect(b"CONNECT x"), None);
+        assert_eq!(parse_connect(b"connect 1"), None);
+        assert_eq!(parse_connect(b"CONNECT 99999999999"), None);
+    }
+
+    #[test]
+    fn test_reserved_cids_refused() {
+        let d = tempfile::tempdir().unwrap();
+        for cid in [0, 1, 2, u64::from(u32::MAX)] {
+            assert!(matches!(
+                Muxer::new(cid, &d.path().join("x.sock")),
+                Err(MuxerError::BadCid(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn test_host_connect_handshake_and_data() {
+        let d = tempfile::tempdir().unwrap();
+        let mut m = muxer(d.path());
+        let mut client = UnixStream::connect(d.path().join("v.sock")).unwrap();
+        client.write_all(b"CONNECT 1234\nearly").unwrap();
+        let (req, _) = pump(&mut m, rx);
+        assert_eq!((req.op, req.dst_port, req.dst_cid), (OP_REQUEST, 1234, 3));
+        assert!(req.src_port >= LOCAL_PORT_BASE);
+        let mut resp = guest(OP_RESPONSE, 1234, req.src_port);
+        resp.buf_alloc = 65536;
+        m.send_from_guest(&resp, &[]);
+        let mut ok = vec![0u8; format!("OK {}\n", req.src_port).len()];
+        client.read_exact(&mut ok).unwrap();
+        assert_eq!(ok, format!("OK {}\n", req.src_port).as_bytes());
+        // Bytes sent right after the CONNECT line belong to the stream.
+        let (h, data) = pump(&mut m, rx);
+        assert_eq!((h.op, data.as_slice()), (OP_RW, &b"early"[..]));
+        let mut rw = guest(OP_RW, 1234, req.src_port);
+        rw.len = 4;
+        m.send_from_guest(&rw, b"pong");
+        let mut got = [0u8; 4];
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"pong");
+        // Guest refuses later: RST closes the client.
+        m.send_from_guest(&guest(OP_RST, 1234, req.src_port), &[]);
+        assert_eq!(m.conn_count(), 0);
+        assert_eq!(client.read(&mut got).unwrap(), 0);
+    }
+
+    #[test]
+    fn test_guest_connect_reaches_port_socket_or_gets_rst() {
+        let d = tempfile::tempdir().unwrap();
+        let mut m = muxer(d.path());
+        // Nothing listens on port 7: RST.
+        m.send_from_guest(&guest(OP_REQUEST, 1000, 7), &[]);
+        let (h, _) = rx(&mut m).unwrap();
+        assert_eq!(
+            (h.op, h.src_port, h.dst_port, h.dst_cid),
+            (OP_RST, 7, 1000, 3)
+        );
+        // A listener on <path>_8: RESPONSE, and data arrives there.
+        let l = UnixListener::bind(d.path().join("v.sock_8")).unwrap();
+        m.send_from_guest(&guest(OP_REQUEST, 1001, 8), &[]);
+        let (h, _) = rx(&mut m).unwrap();
+        assert_eq!(h.op, OP_RESPONSE);
+        let (mut s, _) = l.accept().unwrap();
+        let mut rw = guest(OP_RW, 1001, 8);
+        rw.len = 3;
+        m.send_from_guest(&rw, b"abc");
+        let mut got = [0u8; 3];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"abc");
+        // The host closes: the guest gets SHUTDOWN(both), answers RST, the entry goes.
+        drop(s);
+        let (h, _) = pump(&mut m, rx);
+        assert_eq!((h.op, h.flags), (OP_SHUTDOWN, SHUTDOWN_BOTH));
+        m.send_from_guest(&guest(OP_RST, 1001, 8), &[]);
+        assert_eq!(m.conn_count(), 0);
+    }
+
+    #[test]
+    fn test_hostile_packets_dropped_or_reset() {
+        let d = tempfile::tempdir().unwrap();
+        let mut m = muxer(d.path());
+        // Wrong source CID: dropped silently (we cannot answer a CID that is not the guest).
+        let mut h = guest(OP_REQUEST, 1, 2);
+        h.src_cid = 9;
+        m.send_from_guest(&h, &[]);
+        assert!(rx(&mut m).is_none());
+        // Wrong destination CID, wrong type, lying length, unknown op: RST.
+        let mut a = guest(OP_REQUEST, 1, 2);
+        a.dst_cid = 5;
+        let mut b = guest(OP_REQUEST, 1, 2);
+        b.type_ = 2;
+        let mut c = guest(OP_RW, 1, 2);
+        c.len = 100;
+        let e = guest(42, 1, 2);
+        for p in [a, b, c, e] {
+            m.send_from_guest(&p, &[]);
+            let (r, _) = rx(&mut m).expect("an RST");
+            assert_eq!(r.op, OP_RST, "for {p:?}");
+        }
+        // RST for an unknown connection is not answered.
+        m.send_from_guest(&guest(OP_RST, 1, 2), &[]);
+        assert!(rx(&mut m).is_none());
+        // A flood of bad packets leaves bounded RST state.
+        for i in 0..10_000 {
+            m.send_from_guest(&guest(OP_RW, i, 2), &[]);
+        }
+        let mut n = 0;
+        while rx(&mut m).is_some() {
+            n += 1;
+        }
+        assert_eq!(n, MAX_PENDING_RST);
+    }
+
+    #[test]
+    fn test_bad_handshakes_close_client() {
+        let d = tempfile::tempdir().unwrap();
+        let mut m = muxer(d.path());
+        for line in [&b"HELLO\n"[..], b"CONNECT abc\n", &[b'A'; 100][..]] {
+            let mut c = UnixStream::connect(d.path().join("v.sock")).unwrap();
+            c.write_all(line).unwrap();
+            c.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                .unwrap();
+            pump(&mut m, |m| (m.handshakes.is_empty()).then_some(()));
+            let mut b = [0u8; 8];
+            // Closed: EOF, or a reset when our unread bytes were discarded.
+            match c.read(&mut b) {
+                Ok(n) => assert_eq!(n, 0, "closed for {line:?}"),
+                Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{line:?}"),
+            }
+        }
+        assert_eq!(m.conn_count(), 0);
+        assert!(rx(&mut m).is_none());
+    }
+
+    #[test]
+    fn test_connection_cap_refuses_guest_requests() {
+        let d = tempfile::tempdir().unwrap();
+        let mut m = muxer(d.path());
+        let _l = UnixListener::bind(d.path().join("v.sock_9")).unwrap();
+        // The listener's backlog is finite, so connect directly with pairs instead.
+        for i in 0..MAX_CONNS as u32 {
+            let (a, _b) = UnixStream::pair().unwrap();
+            let c = Conn::guest_initiated(a, &guest(OP_REQUEST, i, 9), 3);
+            m.conns.insert((9, i), c);
+        }
+        m.send_from_guest(&guest(OP_REQUEST, 99_999, 9), &[]);
+        let (h, _) = rx(&mut m).unwrap();
+        assert_eq!(h.op, OP_RST);
+        assert_eq!(m.conn_count(), MAX_CONNS);
+    }
+}
