@@ -1,8 +1,16 @@
-//! `vmctl`: the user's command and the per-instance supervisor.
-//!
-//! Status: not built yet (see the README status table).
+//! `vmctl`: the user's command. Each subcommand lives in `commands/`.
+
+mod commands;
+
+use clap::Parser;
 
 fn main() {
-    eprintln!("vmctl: not built yet; see README.md");
-    std::process::exit(1);
+    let cli = commands::Cli::parse();
+    if let Err(e) = commands::run(cli) {
+        eprintln!("vmctl: error: {e}");
+        for cause in e.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        std::process::exit(1);
+    }
 }

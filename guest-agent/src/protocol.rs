@@ -97,20 +97,35 @@ pub struct ExecRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Request {
-    Hello { version: u32 },
+    Hello {
+        version: u32,
+    },
     Health,
     Exec(ExecRequest),
-    Stdin { data: Bytes },
+    Stdin {
+        data: Bytes,
+    },
     CloseStdin,
-    Signal { signal: i32 },
-    Shutdown { reboot: bool },
-    SetClock { unix_nanos: u64 },
+    Signal {
+        signal: i32,
+    },
+    Shutdown {
+        reboot: bool,
+    },
+    SetClock {
+        unix_nanos: u64,
+    },
     WatchPorts,
-    MountShare { tag: String, path: String },
+    MountShare {
+        tag: String,
+        path: String,
+    },
     /// Turn this connection into a byte stream to the guest's `127.0.0.1:port` (or `[::1]`):
     /// the agent answers `Ok` and then splices, or `Error` when nothing accepts there.
     /// Carries forwarded ports from the host.
-    Forward { port: u16 },
+    Forward {
+        port: u16,
+    },
 }
 
 /// One boot phase and when it ended, in milliseconds since the guest kernel started.

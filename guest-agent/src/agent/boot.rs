@@ -63,6 +63,13 @@ pub fn run() -> ! {
             }
         });
     }
+    if let Some(port) = cfg.control_tcp {
+        std::thread::spawn(move || {
+            if let Err(e) = server::serve_tcp(port) {
+                info!("control server on tcp {port}: {e}");
+            }
+        });
+    }
     std::thread::spawn(services::start);
 
     loop {

@@ -6,6 +6,7 @@
 //! | `vmctl.time=UNIX_SECONDS` | set the clock at boot (the host's time) |
 //! | `vmctl.data=SERIAL` | virtio-blk serial of the data disk (default `vmctl-data`) |
 //! | `vmctl.docker_tcp=PORT` | also bridge TCP `0.0.0.0:PORT` ↔ `/var/run/docker.sock` |
+//! | `vmctl.control_tcp=PORT` | also serve the control protocol on TCP (tests over QEMU user networking; no authentication, so only for guests whose ports only the host can reach) |
 //! | `vmctl.share=TAG:PATH[,TAG:PATH…]` | virtio-fs tags to mount |
 //! | `vmctl.debug=1` | log each control request |
 //!
@@ -19,6 +20,7 @@ pub struct Config {
     pub time: Option<i64>,
     pub data_serial: String,
     pub docker_tcp: Option<u16>,
+    pub control_tcp: Option<u16>,
     pub shares: Vec<(String, String)>,
     pub debug: bool,
     /// Keys the agent did not understand, kept to be logged.
@@ -32,6 +34,7 @@ impl Default for Config {
             time: None,
             data_serial: "vmctl-data".into(),
             docker_tcp: None,
+            control_tcp: None,
             shares: Vec::new(),
             debug: false,
             unknown: Vec::new(),
@@ -66,6 +69,7 @@ impl Config {
                     true
                 }
                 "docker_tcp" => value.parse().map(|p| c.docker_tcp = Some(p)).is_ok(),
+                "control_tcp" => value.parse().map(|p| c.control_tcp = Some(p)).is_ok(),
                 "debug" => {
                     c.debug = value != "0";
                     true
@@ -104,11 +108,12 @@ mod tests {
     fn test_parse_full_cmdline() {
         let c = Config::parse(
             "console=ttyS0 root=/dev/vda ro vmctl.hostname=box vmctl.time=1700000000 \
-             vmctl.docker_tcp=2375 vmctl.share=home:/Users/me,tmp:/mnt/t vmctl.debug=1",
+             vmctl.docker_tcp=2375 vmctl.control_tcp=1024 vmctl.share=home:/Users/me,tmp:/mnt/t vmctl.debug=1",
         );
         assert_eq!(c.hostname, "box");
         assert_eq!(c.time, Some(1_700_000_000));
         assert_eq!(c.docker_tcp, Some(2375));
+        assert_eq!(c.control_tcp, Some(1024));
         assert_eq!(
             c.shares,
             vec![

@@ -213,8 +213,17 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     fn hello(reader: &mut FrameReader<UnixStream>, w: &mut UnixStream) {
-        write_frame(w, &Request::Hello { version: PROTOCOL_VERSION }).unwrap();
-        assert!(matches!(reader.expect::<Response>().unwrap(), Response::Hello { .. }));
+        write_frame(
+            w,
+            &Request::Hello {
+                version: PROTOCOL_VERSION,
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            reader.expect::<Response>().unwrap(),
+            Response::Hello { .. }
+        ));
     }
 
     #[test]
@@ -254,6 +263,9 @@ mod tests {
         let mut reader = FrameReader::new(host);
         hello(&mut reader, &mut w);
         write_frame(&mut w, &Request::Forward { port }).unwrap();
-        assert!(matches!(reader.expect::<Response>().unwrap(), Response::Error { .. }));
+        assert!(matches!(
+            reader.expect::<Response>().unwrap(),
+            Response::Error { .. }
+        ));
     }
 }

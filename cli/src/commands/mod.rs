@@ -1,0 +1,85 @@
+//! The command tree. One module per top-level command.
+
+mod config;
+mod context;
+mod exec;
+mod image;
+mod vm;
+
+use clap::{Parser, Subcommand};
+
+/// vmctl: a Docker-Desktop-like VM backend.
+#[derive(Debug, Parser)]
+#[command(name = "vmctl", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    name: vm::NameArg,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build or locate the VM assets (kernel, root image).
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// Start the VM (building assets on first use) and wait until Docker answers.
+    Start(vm::StartArgs),
+    /// Stop the VM: the guest syncs and powers off, then the supervisor exits.
+    Stop(vm::StopArgs),
+    /// Show the instance's state, engine, sizes and forwarded ports.
+    Status(vm::StatusArgs),
+    /// List instances.
+    List,
+    /// Open a shell in the VM.
+    Shell,
+    /// Run a command in the VM: `vmctl exec -- CMD [ARGS...]`.
+    Exec {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        cmd: Vec<String>,
+    },
+    /// Print logs: the supervisor's (default), the guest console, the agent's or dockerd's.
+    Logs(vm::LogsArgs),
+    /// Stop the VM and remove every trace of the instance (disks, logs, docker context).
+    Delete,
+    /// Read or change the instance configuration.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
+    /// Create or update the `vmctl` Docker context for this instance.
+    DockerContext(context::ContextArgs),
+    /// Print version information.
+    Version,
+    /// Print shell completions.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    #[command(name = "__supervise", hide = true)]
+    Supervise(vm::SuperviseArgs),
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Image(c) => image::run(c),
+        Command::Start(a) => vm::start(&cli.name, a),
+        Command::Stop(a) => vm::stop(&cli.name, a),
+        Command::Status(a) => vm::status(&cli.name, a),
+        Command::List => vm::list(),
+        Command::Shell => exec::shell(&cli.name),
+        Command::Exec { cmd } => exec::exec(&cli.name, cmd),
+        Command::Logs(a) => vm::logs(&cli.name, a),
+        Command::Delete => vm::delete(&cli.name),
+        Command::Config(c) => config::run(&cli.name, c),
+        Command::DockerContext(a) => context::run(&cli.name, a),
+        Command::Version => {
+            println!("vmctl {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "vmctl", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Supervise(a) => vm::supervise(&cli.name, a),
+    }
+}

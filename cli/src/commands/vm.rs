@@ -1,0 +1,321 @@
+//! Instance lifecycle: `start`, `stop`, `status`, `list`, `delete`, `logs`, and the hidden
+//! `__supervise` that `start` runs detached.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use vmctl::config::{ConfigFile, EngineChoice, Mount};
+use vmctl::image::{self, kernel, rootfs};
+use vmctl::instance::{self, Instance};
+use vmctl::supervisor::{self, control, Assets};
+
+#[derive(Debug, Args)]
+pub struct NameArg {
+    /// Instance name.
+    #[arg(long, default_value = "default", global = true)]
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// Which engine runs the VM (saved in the instance config).
+    #[arg(long, value_enum)]
+    engine: Option<EngineChoice>,
+    #[arg(long)]
+    cpus: Option<u32>,
+    /// Guest memory, e.g. 4GiB.
+    #[arg(long)]
+    memory: Option<String>,
+    /// Size of the sparse data disk for /var/lib/docker, e.g. 64GiB.
+    #[arg(long)]
+    disk_size: Option<String>,
+    /// Share a host folder: HOSTDIR[:GUESTDIR][:ro] (repeatable; replaces saved mounts).
+    #[arg(long = "mount")]
+    mounts: Vec<String>,
+    /// The static guest agent to put in the root image (default: the musl build).
+    #[arg(long)]
+    agent: Option<PathBuf>,
+}
+
+fn agent_path(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = arg.or_else(|| std::env::var_os("VMCTL_AGENT").map(PathBuf::from)) {
+        return Ok(p);
+    }
+    image::default_agent_path().context(
+        "no guest agent binary found; build it with \
+         `cargo build --release -p guest-agent --target x86_64-unknown-linux-musl` or pass --agent PATH",
+    )
+}
+
+fn step(n: u32, total: u32, msg: &str) {
+    eprintln!("[{n}/{total}] {msg}");
+}
+
+fn ping(sock: &std::path::Path) -> bool {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map(|rt| rt.block_on(control::docker_ping(sock)))
+        .unwrap_or(false)
+}
+
+pub fn start(name: &NameArg, a: StartArgs) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let inst = Instance::new(&name.name)?;
+    inst.create_dirs()?;
+    if inst.running_supervisor().is_some() {
+        if ping(&inst.docker_sock()) {
+            eprintln!("vmctl: instance {} is already running", inst.name);
+            println!("DOCKER_HOST=unix://{}", inst.docker_sock().display());
+            return Ok(());
+        }
+        bail!(
+            "instance {} is starting or stuck (supervisor pid {:?}); see `vmctl status` or `vmctl stop --force`",
+            inst.name,
+            inst.running_supervisor()
+        );
+    }
+    let cleaned = inst.clean_stale();
+    if !cleaned.is_empty() {
+        eprintln!("vmctl: the previous run of {} did not stop cleanly; cleaned up its sockets", inst.name);
+    }
+
+    let cfg_path = inst.dir.join("config.toml");
+    let mut file = ConfigFile::load(&cfg_path)?;
+    if let Some(e) = a.engine {
+        file.set("engine", &format!("{e:?}").to_lowercase())?;
+    }
+    if let Some(c) = a.cpus {
+        file.set("cpus", &c.to_string())?;
+    }
+    if let Some(m) = &a.memory {
+        file.set("memory", m)?;
+    }
+    if let Some(d) = &a.disk_size {
+        file.set("disk_size", d)?;
+    }
+    if !a.mounts.is_empty() {
+        for m in &a.mounts {
+            m.parse::<Mount>().map_err(|e| anyhow::anyhow!("--mount {e}"))?;
+        }
+        file.set("mounts", &a.mounts.join(","))?;
+    }
+    file.save(&cfg_path)?;
+    let cfg = file.resolve()?;
+    for m in &cfg.mounts {
+        if !m.host.is_dir() {
+            bail!("shared folder {} does not exist; create it or remove it with `vmctl config set mounts ...`", m.host.display());
+        }
+    }
+    let (engine, why) = supervisor::choose_engine(cfg.engine)?;
+    eprintln!("vmctl: engine {engine} ({why})");
+
+    let total = 4;
+    step(1, total, "guest kernel");
+    let progress = |msg: &str| eprintln!("      {msg}");
+    let k = kernel::ensure(&progress)?;
+    step(2, total, "root image");
+    let r = rootfs::ensure(&agent_path(a.agent)?, &progress)?;
+    let assets = Assets { kernel: k.bzimage, rootfs: r.image };
+
+    step(3, total, &format!("starting the VM ({} vCPUs, {} MiB)", cfg.cpus, cfg.memory_mib));
+    let pid = supervisor::spawn_detached(&inst, &assets)?;
+    let mut last = String::new();
+    let deadline = Instant::now() + Duration::from_secs(360);
+    loop {
+        if Instant::now() > deadline {
+            bail!("the VM did not become ready in time; see {}", supervisor::log_path(&inst).display());
+        }
+        let state = inst.read_state().ok().flatten();
+        if let Some(s) = &state {
+            if s.supervisor_pid == pid && s.message != last {
+                eprintln!("      {}", s.message);
+                last = s.message.clone();
+            }
+            if s.supervisor_pid == pid && s.phase == "failed" {
+                bail!("{}\n(supervisor log: {})", s.message, supervisor::log_path(&inst).display());
+            }
+            if s.supervisor_pid == pid && s.phase == "running" && ping(&inst.docker_sock()) {
+                break;
+            }
+        }
+        if !instance::process_alive(pid) {
+            bail!("the supervisor exited; see {}", supervisor::log_path(&inst).display());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    step(4, total, &format!("Docker is ready ({:.1} s)", t0.elapsed().as_secs_f64()));
+    match super::context::ensure_context(&inst, false) {
+        Ok(()) => eprintln!("vmctl: docker context 'vmctl' points at the VM (`docker --context vmctl ...`, or `vmctl docker-context --use`)"),
+        Err(e) => eprintln!("vmctl: note: could not set up the docker context: {e:#}"),
+    }
+    println!("DOCKER_HOST=unix://{}", inst.docker_sock().display());
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// Do not wait for the guest to shut down.
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn stop(name: &NameArg, a: StopArgs) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let inst = Instance::new(&name.name)?;
+    let Some(pid) = inst.running_supervisor() else {
+        inst.clean_stale();
+        eprintln!("vmctl: instance {} is not running", inst.name);
+        return Ok(());
+    };
+    let path = if a.force { "/v1/stop?force=1" } else { "/v1/stop" };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    if rt.block_on(control::request(&inst.control_sock(), hyper::Method::POST, path)).is_err() {
+        // No control API (still booting or wedged): ask with SIGTERM.
+        // SAFETY: kill with a pid read from our own pid file, verified alive just above.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(if a.force { 10 } else { 45 });
+    while instance::process_alive(pid) {
+        if Instant::now() > deadline {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            std::thread::sleep(Duration::from_millis(200));
+            inst.clean_stale();
+            eprintln!("vmctl: the supervisor did not stop in time and was killed");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("vmctl: stopped {} ({:.1} s)", inst.name, t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn status(name: &NameArg, a: StatusArgs) -> anyhow::Result<()> {
+    let inst = Instance::new(&name.name)?;
+    let running = inst.running_supervisor().is_some();
+    let mut state = inst.read_state()?.unwrap_or_default();
+    if !running && state.phase != "stopped" && !state.phase.is_empty() {
+        state.phase = "stopped (supervisor not running)".into();
+    }
+    if state.phase.is_empty() {
+        state.phase = if inst.exists() { "stopped".into() } else { "not created".into() };
+    }
+    if a.json {
+        let mut v = serde_json::to_value(&state)?;
+        v["name"] = inst.name.clone().into();
+        v["docker_socket"] = inst.docker_sock().display().to_string().into();
+        v["running"] = running.into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("name:    {}", inst.name);
+    println!("state:   {}", state.phase);
+    if running {
+        println!("engine:  {} ({})", state.engine, state.engine_reason);
+        println!("size:    {} vCPUs, {} MiB", state.cpus, state.memory_mib);
+        println!("docker:  unix://{}", inst.docker_sock().display());
+        println!("message: {}", state.message);
+        for p in &state.ports {
+            println!("port:    {}/{} {}", p.port, p.proto, p.status);
+        }
+    }
+    Ok(())
+}
+
+pub fn list() -> anyhow::Result<()> {
+    println!("{:<16} {:<10} DOCKER SOCKET", "NAME", "STATE");
+    for inst in instance::list() {
+        let state = if inst.running_supervisor().is_some() {
+            inst.read_state().ok().flatten().map(|s| s.phase).unwrap_or_else(|| "starting".into())
+        } else {
+            "stopped".into()
+        };
+        println!("{:<16} {:<10} {}", inst.name, state, inst.docker_sock().display());
+    }
+    Ok(())
+}
+
+pub fn delete(name: &NameArg) -> anyhow::Result<()> {
+    let inst = Instance::new(&name.name)?;
+    if inst.running_supervisor().is_some() {
+        stop(name, StopArgs { force: false })?;
+    }
+    if inst.exists() {
+        std::fs::remove_dir_all(&inst.dir).with_context(|| format!("remove {}", inst.dir.display()))?;
+    }
+    super::context::remove_context(&inst);
+    eprintln!("vmctl: deleted {}", inst.name);
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Keep printing as the log grows.
+    #[arg(short, long)]
+    follow: bool,
+    /// The guest kernel console.
+    #[arg(long, group = "which")]
+    kernel: bool,
+    /// The guest agent (its lines on the console).
+    #[arg(long, group = "which")]
+    agent: bool,
+    /// dockerd's log (read from the guest).
+    #[arg(long, group = "which")]
+    docker: bool,
+}
+
+pub fn logs(name: &NameArg, a: LogsArgs) -> anyhow::Result<()> {
+    use std::io::{Read, Seek, Write};
+    let inst = Instance::new(&name.name)?;
+    if a.docker {
+        let code = super::exec::exec_in_guest(&inst, vec!["cat".into(), "/var/log/dockerd.log".into()])?;
+        std::process::exit(code);
+    }
+    let path = if a.kernel || a.agent { inst.log("console") } else { inst.log("supervisor") };
+    let filter_agent = a.agent;
+    let mut f = std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
+    let mut out = std::io::stdout();
+    let mut pos = 0u64;
+    loop {
+        f.seek(std::io::SeekFrom::Start(pos))?;
+        let mut buf = String::new();
+        let n = f.read_to_string(&mut buf)?;
+        pos += n as u64;
+        for line in buf.split_inclusive('\n') {
+            if !filter_agent || line.contains("agent") {
+                out.write_all(line.as_bytes())?;
+            }
+        }
+        out.flush()?;
+        if !a.follow {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SuperviseArgs {
+    #[arg(long)]
+    kernel: PathBuf,
+    #[arg(long)]
+    rootfs: PathBuf,
+}
+
+pub fn supervise(name: &NameArg, a: SuperviseArgs) -> anyhow::Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    let inst = Instance::new(&name.name)?;
+    supervisor::supervise(&inst, Assets { kernel: a.kernel, rootfs: a.rootfs })
+}

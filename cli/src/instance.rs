@@ -1,0 +1,232 @@
+//! An instance: a named VM and its directory, `$XDG_DATA_HOME/vmctl/<name>/` (default
+//! `~/.local/share/vmctl/<name>/`), holding its disks, logs, sockets, pid and state.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors about instances.
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    #[error("Instance name {0:?} is invalid: use letters, digits, '-' and '_' (at most 32)")]
+    BadName(String),
+    #[error("Cannot use instance directory {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("State file {path} is corrupt: {source}; run `vmctl delete` to start over")]
+    State {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> InstanceError + '_ {
+    move |source| InstanceError::Io { path: path.display().to_string(), source }
+}
+
+/// Where all instances live.
+pub fn data_root() -> PathBuf {
+    if let Some(d) = std::env::var_os("VMCTL_HOME") {
+        return PathBuf::from(d);
+    }
+    let base = std::env::var_os("XDG_DATA_HOME").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+            .join(".local/share")
+    });
+    base.join("vmctl")
+}
+
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// What the supervisor records about a running instance.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct State {
+    pub supervisor_pid: u32,
+    pub engine: String,
+    pub engine_reason: String,
+    /// `starting`, `running`, `stopping`, `stopped`, `failed`.
+    pub phase: String,
+    pub message: String,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub ports: Vec<PortState>,
+    pub started_at_unix: u64,
+}
+
+/// A forwarded port as seen by `vmctl status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PortState {
+    pub proto: String,
+    pub port: u16,
+    /// `forwarded` or the reason it is not (e.g. "host port in use").
+    pub status: String,
+}
+
+/// A named instance's directory layout.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub name: String,
+    pub dir: PathBuf,
+}
+
+impl Instance {
+    pub fn new(name: &str) -> Result<Self, InstanceError> {
+        if !valid_name(name) {
+            return Err(InstanceError::BadName(name.to_string()));
+        }
+        Ok(Instance { name: name.to_string(), dir: data_root().join(name) })
+    }
+
+    pub fn create_dirs(&self) -> Result<(), InstanceError> {
+        for d in [self.dir.clone(), self.logs_dir()] {
+            std::fs::create_dir_all(&d).map_err(io_err(&d))?;
+        }
+        Ok(())
+    }
+
+    pub fn exists(&self) -> bool {
+        self.dir.is_dir()
+    }
+
+    pub fn docker_sock(&self) -> PathBuf {
+        self.dir.join("docker.sock")
+    }
+    pub fn control_sock(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+    pub fn vsock_sock(&self) -> PathBuf {
+        self.dir.join("vsock.sock")
+    }
+    pub fn pid_file(&self) -> PathBuf {
+        self.dir.join("supervisor.pid")
+    }
+    pub fn state_file(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+    pub fn data_disk(&self) -> PathBuf {
+        self.dir.join("data.img")
+    }
+    pub fn logs_dir(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+    pub fn log(&self, which: &str) -> PathBuf {
+        self.logs_dir().join(format!("{which}.log"))
+    }
+
+    pub fn read_state(&self) -> Result<Option<State>, InstanceError> {
+        let p = self.state_file();
+        match std::fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|source| InstanceError::State { path: p.display().to_string(), source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&p)(e)),
+        }
+    }
+
+    /// Writes the state atomically (write + rename), so readers never see half a file.
+    pub fn write_state(&self, s: &State) -> Result<(), InstanceError> {
+        let p = self.state_file();
+        let tmp = self.dir.join(".state.json.tmp");
+        let bytes = serde_json::to_vec_pretty(s).unwrap_or_default();
+        std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, &p).map_err(io_err(&p))
+    }
+
+    /// The live supervisor's pid, if its pid file names a running process of ours.
+    pub fn running_supervisor(&self) -> Option<u32> {
+        let pid: u32 = std::fs::read_to_string(self.pid_file()).ok()?.trim().parse().ok()?;
+        process_alive(pid).then_some(pid)
+    }
+
+    /// Removes what a crashed supervisor left behind (sockets, pid file); disks stay.
+    pub fn clean_stale(&self) -> Vec<PathBuf> {
+        let mut removed = Vec::new();
+        for p in [self.pid_file(), self.docker_sock(), self.control_sock(), self.vsock_sock()] {
+            if p.exists() && std::fs::remove_file(&p).is_ok() {
+                removed.push(p);
+            }
+        }
+        // vsock listener sockets `vsock.sock_PORT` created by the supervisor.
+        if let Ok(rd) = std::fs::read_dir(&self.dir) {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with("vsock.sock_") && std::fs::remove_file(e.path()).is_ok() {
+                    removed.push(e.path());
+                }
+            }
+        }
+        removed
+    }
+}
+
+/// Whether `pid` is a live process (zombies count as dead).
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state letter follows the parenthesised command name.
+    match stat.rsplit_once(") ") {
+        Some((_, rest)) => !rest.starts_with('Z') && !rest.starts_with('X'),
+        None => false,
+    }
+}
+
+/// All instances that have a directory.
+pub fn list() -> Vec<Instance> {
+    let mut out: Vec<Instance> = std::fs::read_dir(data_root())
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().is_dir())
+                .filter_map(|e| Instance::new(&e.file_name().to_string_lossy()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_instance_name_validation_rejects_paths() {
+        assert!(Instance::new("default").is_ok());
+        assert!(Instance::new("dev-1_x").is_ok());
+        for bad in ["", "../x", "a/b", ".", "x y", &"a".repeat(33)] {
+            assert!(Instance::new(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn test_process_alive_self_and_dead() {
+        assert!(process_alive(std::process::id()));
+        assert!(!process_alive(u32::MAX - 1));
+    }
+
+    #[test]
+    fn test_state_roundtrip_and_stale_cleanup() {
+        let dir = tempfile::tempdir().unwrap();
+        let inst = Instance { name: "t".into(), dir: dir.path().join("t") };
+        inst.create_dirs().unwrap();
+        assert_eq!(inst.read_state().unwrap(), None);
+        let s = State { phase: "running".into(), cpus: 2, ..Default::default() };
+        inst.write_state(&s).unwrap();
+        assert_eq!(inst.read_state().unwrap(), Some(s));
+        std::fs::write(inst.pid_file(), "4294967294").unwrap();
+        std::fs::write(inst.docker_sock(), "").unwrap();
+        std::fs::write(inst.dir.join("vsock.sock_2375"), "").unwrap();
+        assert_eq!(inst.running_supervisor(), None);
+        assert_eq!(inst.clean_stale().len(), 3);
+        assert!(inst.data_disk().parent().unwrap().exists());
+    }
+}

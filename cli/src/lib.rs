@@ -1,0 +1,14 @@
+//! `vmctl` library: the parts of the CLI other crates (the e2e tests) call directly.
+//!
+//! - [`image`]: builds and caches the VM assets (kernel, root image) under
+//!   `~/.cache/vmctl`, keyed by a hash of their inputs.
+//! - [`instance`], [`config`]: named instances, their directories and `config.toml`.
+//! - [`supervisor`]: the per-instance process that owns the VM, its device backends, the
+//!   forwarded Docker socket, port forwards and the control API.
+//! - [`agent`]: the host side of the guest agent's control protocol.
+
+pub mod agent;
+pub mod config;
+pub mod image;
+pub mod instance;
+pub mod supervisor;

@@ -1,0 +1,95 @@
+//! Device backends as child processes of the supervisor: usernet (`-netdev stream`),
+//! fs-share (vhost-user-fs, one per share) and the vhost-user-vsock backend. Separate
+//! processes keep a crash in one backend from taking the supervisor (and the Docker socket)
+//! down; each dies with the supervisor (PR_SET_PDEATHSIG) and is killed on drop.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Errors starting a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("Cannot find the {0} program next to vmctl or on PATH; build the workspace (cargo build --release)")]
+    NotFound(String),
+    #[error("Cannot start {name}: {source}")]
+    Spawn {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{name} did not create its socket {socket} within {secs} s; see {log}")]
+    NoSocket { name: String, socket: String, secs: u64, log: String },
+}
+
+/// A program shipped with vmctl: next to the running executable, else on PATH.
+pub fn sibling_program(name: &str) -> Result<PathBuf, BackendError> {
+    if let Ok(exe) = std::env::current_exe() {
+        // Tests run from target/<profile>/deps/; binaries are in target/<profile>/.
+        for dir in exe.ancestors().skip(1).take(2) {
+            let p = dir.join(name);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| BackendError::NotFound(name.to_string()))
+}
+
+/// A running backend process.
+pub struct Backend {
+    pub name: String,
+    child: Child,
+}
+
+impl Backend {
+    /// Starts `program args…` with output appended to `log`, and waits for `socket` to appear.
+    pub fn start(name: &str, program: &Path, args: &[String], log: &Path, socket: &Path) -> Result<Self, BackendError> {
+        let _ = std::fs::remove_file(socket);
+        let spawn_err = |source| BackendError::Spawn { name: name.to_string(), source };
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(spawn_err)?;
+        let err = out.try_clone().map_err(spawn_err)?;
+        let mut cmd = Command::new(program);
+        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        // SAFETY: pre_exec runs in the forked child before exec; prctl is async-signal-safe
+        // and touches no memory shared with the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(spawn_err)?;
+        let mut b = Backend { name: name.to_string(), child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            if Instant::now() > deadline || b.exited() {
+                return Err(BackendError::NoSocket {
+                    name: name.to_string(),
+                    socket: socket.display().to_string(),
+                    secs: 10,
+                    log: log.display().to_string(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(b)
+    }
+
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
