@@ -492,3 +492,108 @@ fn test_inbound_port_forward_reaches_guest_listener() {
         other => panic!("expected EOF/reset, got {other:?}"),
     }
 }
+
+/// A "host" namespace with only `lo` up (no network at all).
+fn offline_host() -> Netns {
+    let host = Netns::new("host");
+    let out = host.exec(&["ip", "link", "set", "lo", "up"], T);
+    assert!(out.status.success());
+    host
+}
+
+#[test]
+fn test_host_without_network_degrades_cleanly() {
+    if skip_unless_root(&["ip", "dig", "ping"]) {
+        return;
+    }
+    let host = offline_host();
+    let guest = Netns::new("guest");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(&resolv, "nameserver 192.0.2.53\n").expect("write");
+    let mut net = Usernet::tap_via(
+        Some(&host),
+        &guest,
+        &["--resolv-conf", resolv.to_str().expect("utf8")],
+    );
+    // A server on the offline host's loopback is still reachable through the gateway.
+    let (tx, rx) = std::sync::mpsc::channel();
+    host.spawn(move || {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        tx.send(l.local_addr().expect("addr").port()).expect("send");
+        let (mut s, _) = l.accept().expect("accept");
+        s.write_all(b"offline but alive").expect("write");
+    });
+    let port = rx.recv_timeout(T).expect("port");
+    let (tcp_err, tcp_time, hello) = guest.run(move || {
+        let t0 = Instant::now();
+        let e = connect(SocketAddr::from(([198, 51, 100, 7], 80))).expect_err("no route");
+        let took = t0.elapsed();
+        let mut s = connect(gw(port)).expect("gateway");
+        let mut hello = String::new();
+        s.read_to_string(&mut hello).expect("read");
+        // UDP to the internet: dropped, nothing breaks.
+        let u = UdpSocket::bind("0.0.0.0:0").expect("udp");
+        let _ = u.send_to(b"x", "198.51.100.7:9");
+        (e.kind(), took, hello)
+    });
+    assert_eq!(tcp_err, ErrorKind::ConnectionRefused);
+    assert!(tcp_time < Duration::from_secs(2), "took {tcp_time:?}");
+    assert_eq!(hello, "offline but alive");
+    // DNS: SERVFAIL at once (the upstream is unreachable), not a 5 s timeout.
+    let t0 = Instant::now();
+    let out = guest.exec(
+        &["dig", "+time=5", "+tries=1", "@10.0.2.3", "example.com"],
+        T,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("SERVFAIL"), "{text}");
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    // Ping: the gateway answers; a remote host simply does not.
+    let out = guest.exec(&["ping", "-c", "1", "-W", "2", "10.0.2.2"], T);
+    assert!(out.status.success());
+    let out = guest.exec(&["ping", "-c", "1", "-W", "1", "198.51.100.7"], T);
+    assert!(!out.status.success());
+    assert!(net.alive(), "usernet died; log:\n{}", net.log());
+}
+
+#[test]
+fn test_ping_remote_through_ping_socket() {
+    if skip_unless_root(&["ip", "ping", "sysctl"]) {
+        return;
+    }
+    let host = offline_host();
+    for cmd in [
+        &["ip", "addr", "add", "192.0.2.1/32", "dev", "lo"][..],
+        &["sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647"],
+    ] {
+        let out = host.exec(cmd, T);
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let guest = Netns::new("guest");
+    let _net = Usernet::tap_via(Some(&host), &guest, &[]);
+    // 192.0.2.1 exists only on the host side: only NAT through a ping socket answers it.
+    let out = guest.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "2", "192.0.2.1"], T);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("3 received"), "{text}");
+    let out = guest.exec(&["ping", "-c", "1", "-W", "1", "192.0.2.99"], T);
+    assert!(!out.status.success(), "a missing host must not answer");
+    // Ping sockets forbidden: remote pings go unanswered, the gateway still answers.
+    let out = host.exec(&["sysctl", "-qw", "net.ipv4.ping_group_range=1 0"], T);
+    assert!(out.status.success());
+    let guest2 = Netns::new("guest");
+    let net2 = Usernet::tap_via(Some(&host), &guest2, &[]);
+    let out = guest2.exec(&["ping", "-c", "1", "-W", "1", "192.0.2.1"], T);
+    assert!(!out.status.success());
+    let out = guest2.exec(&["ping", "-c", "1", "-W", "2", "10.0.2.2"], T);
+    assert!(out.status.success());
+    assert!(
+        net2.log().contains("ping sockets are not allowed"),
+        "{}",
+        net2.log()
+    );
+}

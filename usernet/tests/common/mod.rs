@@ -3,6 +3,8 @@
 //! (the "guest" is the real Linux TCP/IP stack of that namespace), commands with timeouts.
 #![allow(dead_code)]
 
+pub mod frames;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
