@@ -8,7 +8,7 @@ mod cli {
     use std::path::PathBuf;
 
     use clap::Parser;
-    use vmm::builtin::{self, BuiltinError, DiskConfig, SerialConfig, VmConfig};
+    use vmm::builtin::{self, BuiltinError, DiskConfig, SerialConfig, VmConfig, VsockConfig};
     use vmm::hv::HvError;
 
     /// Boot a Linux kernel (ELF vmlinux or bzImage) in a microVM.
@@ -42,6 +42,10 @@ mod cli {
         /// Leave out the virtio-rng device.
         #[arg(long)]
         no_rng: bool,
+        /// Add a virtio-vsock device for guest CID (3 or more) with its host unix socket PATH
+        /// (hybrid vsock: `CONNECT <port>` on PATH; guest connections to port P reach PATH_P).
+        #[arg(long, value_name = "CID,PATH")]
+        vsock: Option<VsockConfig>,
     }
 
     fn hint(e: &BuiltinError) -> Option<&'static str> {
@@ -89,6 +93,7 @@ mod cli {
             serial: args.serial,
             console: args.console,
             rng: !args.no_rng,
+            vsock: args.vsock,
         };
         match builtin::run(&cfg) {
             Ok(exit) => {

@@ -50,6 +50,37 @@ impl std::str::FromStr for DiskConfig {
     }
 }
 
+/// A virtio-vsock device: the guest's CID and the host unix socket (hybrid vsock: host
+/// clients connect to `uds_path`; guest connections to host port P reach `<uds_path>_P`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockConfig {
+    pub cid: u64,
+    pub uds_path: PathBuf,
+}
+
+impl std::str::FromStr for VsockConfig {
+    type Err = String;
+    /// `CID,PATH`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (cid, path) = s
+            .split_once(',')
+            .ok_or_else(|| format!("expected CID,PATH, got {s:?}"))?;
+        let cid: u64 = cid
+            .parse()
+            .map_err(|_| format!("guest CID {cid:?} is not a number"))?;
+        if cid <= 2 || cid >= u64::from(u32::MAX) {
+            return Err(format!("guest CID {cid} is reserved; use 3 or more"));
+        }
+        if path.is_empty() {
+            return Err("empty vsock socket path; use CID,PATH".into());
+        }
+        Ok(VsockConfig {
+            cid,
+            uds_path: PathBuf::from(path),
+        })
+    }
+}
+
 /// The kernel command line used when none is given.
 pub const DEFAULT_CMDLINE: &str =
     "console=ttyS0 reboot=k panic=1 pci=off nomodule i8042.noaux i8042.nomux i8042.dumbkbd";
@@ -67,6 +98,8 @@ pub struct VmConfig {
     /// virtio-console output file, if the device is wanted.
     pub console: Option<PathBuf>,
     pub rng: bool,
+    /// virtio-vsock, if wanted.
+    pub vsock: Option<VsockConfig>,
 }
 
 impl VmConfig {
@@ -81,6 +114,7 @@ impl VmConfig {
             serial: SerialConfig::Stdio,
             console: None,
             rng: true,
+            vsock: None,
         }
     }
 }
@@ -103,6 +137,15 @@ mod tests {
         assert_eq!(d.path, PathBuf::from("/a/b,c.img"));
         assert!(!d.read_only);
         assert!(",ro".parse::<DiskConfig>().is_err());
+    }
+
+    #[test]
+    fn test_vsock_config_parses_cid_and_path() {
+        let v: VsockConfig = "3,/run/v.sock".parse().unwrap();
+        assert_eq!((v.cid, v.uds_path), (3, PathBuf::from("/run/v.sock")));
+        for bad in ["2,/x", "x,/x", "3,", "/x", "4294967295,/x"] {
+            assert!(bad.parse::<VsockConfig>().is_err(), "{bad}");
+        }
     }
 
     #[test]

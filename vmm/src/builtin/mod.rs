@@ -20,7 +20,7 @@ use vm_superio::I8042Device;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-pub use config::{DiskConfig, SerialConfig, VmConfig, DEFAULT_CMDLINE};
+pub use config::{DiskConfig, SerialConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE};
 
 use crate::arch::x86_64::{boot, layout, mptable, regs};
 use crate::devices::bus::{Bus, BusError};
@@ -29,6 +29,7 @@ use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::mmio::{MmioError, MmioTransport, REG_QUEUE_NOTIFY};
 use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::{MuxerError, Vsock};
 use crate::devices::virtio::VirtioDevice;
 use crate::hv::{self, BootRegs, HvError};
 
@@ -58,6 +59,8 @@ pub enum BuiltinError {
     Mptable(#[from] mptable::MptableError),
     #[error(transparent)]
     Disk(#[from] BlockError),
+    #[error(transparent)]
+    Vsock(#[from] MuxerError),
     #[error(transparent)]
     Mmio(#[from] MmioError),
     #[error("Device layout: {0}")]
@@ -184,6 +187,12 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit, BuiltinError> {
     }
     if cfg.rng {
         devices.push(("virtio-rng".into(), Box::<Rng>::default()));
+    }
+    if let Some(v) = &cfg.vsock {
+        devices.push((
+            "virtio-vsock".into(),
+            Box::new(Vsock::new(v.cid, &v.uds_path)?),
+        ));
     }
     if let Some(p) = &cfg.console {
         let out: Arc<Mutex<dyn Write + Send>> =
