@@ -30,7 +30,7 @@ impl BootInfo {
     /// Reads the zero page at `zp` (RSI at entry).
     pub fn read(zp: u64) -> BootInfo {
         let ptr = u64::from(rd::<u32>(zp + 0x228));
-        let cmdline = if ptr == 0 {
+        let cmdline = if ptr == 0 || !crate::mem::map_ram(ptr, CMDLINE_MAX as u64) {
             ""
         } else {
             read_cstr(ptr, CMDLINE_MAX)
@@ -61,18 +61,7 @@ impl BootInfo {
 
     /// Total RAM and the highest RAM address from the e820 table (type 1 entries).
     pub fn e820_ram(&self) -> (u64, u64) {
-        let n = usize::from(rd::<u8>(self.zero_page + 0x1e8)).min(128);
-        let mut total = 0u64;
-        let mut top = 0u64;
-        for i in 0..n {
-            let e = self.zero_page + 0x2d0 + 20 * i as u64;
-            let (addr, size, ty) = (rd::<u64>(e), rd::<u64>(e + 8), rd::<u32>(e + 16));
-            if ty == 1 {
-                total = total.wrapping_add(size);
-                top = top.max(addr.wrapping_add(size));
-            }
-        }
-        (total, top)
+        e820_ram(self.zero_page)
     }
 
     /// Value of `key=` on the command line.
@@ -87,6 +76,22 @@ impl BootInfo {
         self.arg("tests")
             .is_some_and(|t| t.split(',').any(|x| x == name))
     }
+}
+
+/// Total RAM and the highest RAM address from the zero page's e820 table (type 1).
+pub fn e820_ram(zero_page: u64) -> (u64, u64) {
+    let n = usize::from(rd::<u8>(zero_page + 0x1e8)).min(128);
+    let mut total = 0u64;
+    let mut top = 0u64;
+    for i in 0..n {
+        let e = zero_page + 0x2d0 + 20 * i as u64;
+        let (addr, size, ty) = (rd::<u64>(e), rd::<u64>(e + 8), rd::<u32>(e + 16));
+        if ty == 1 {
+            total = total.wrapping_add(size);
+            top = top.max(addr.wrapping_add(size));
+        }
+    }
+    (total, top)
 }
 
 fn read_cstr(addr: u64, max: usize) -> &'static str {
@@ -157,6 +162,16 @@ pub fn test_boot(info: &BootInfo, r: &mut Report) {
             format_args!("entries={n} ram_total={total} ram_top={top:#x}"),
         );
     }
+    // Every entry as start-end:type (end exclusive), for the host to check the layout.
+    crate::print!("TEST boot.e820map ok map=");
+    for i in 0..usize::from(n).min(128) {
+        let e = zp + 0x2d0 + 20 * i as u64;
+        let (addr, size, ty) = (rd::<u64>(e), rd::<u64>(e + 8), rd::<u32>(e + 16));
+        let sep = if i == 0 { "" } else { "," };
+        crate::print!("{sep}{addr:#x}-{:#x}:{ty}", addr.wrapping_add(size));
+    }
+    crate::io::Serial::byte(b'\n');
+    r.pass += 1;
     let image = u64::from(rd::<u32>(zp + 0x218)) | (u64::from(rd::<u32>(zp + 0xc0)) << 32);
     let size = u64::from(rd::<u32>(zp + 0x21c)) | (u64::from(rd::<u32>(zp + 0xc4)) << 32);
     if size == 0 {
@@ -166,6 +181,8 @@ pub fn test_boot(info: &BootInfo, r: &mut Report) {
             "boot.initrd",
             format_args!("addr={image:#x} size={size} beyond RAM top {top:#x}"),
         );
+    } else if !crate::mem::map_ram(image, size) {
+        r.fail("boot.initrd", format_args!("cannot map {image:#x}+{size}"));
     } else {
         let sum = fnv1a(bytes(image, size as usize));
         r.ok(

@@ -19,6 +19,7 @@ mod irq;
 mod mem;
 mod report;
 mod smp;
+mod vsock;
 
 use boot::{BootInfo, MAX_DEVS};
 use devices::{ID_BLK, ID_CONSOLE, ID_RNG};
@@ -42,8 +43,8 @@ const HOSTILE: [&str; 10] = [
 #[no_mangle]
 extern "C" fn guest_main(zero_page: u64) -> ! {
     println!("BOOT vmctl-test-guest");
+    mem::init(boot::e820_ram(zero_page).1);
     let info = BootInfo::read(zero_page);
-    mem::init(info.ram_top);
     let mut r = Report::default();
     if !apic::init_idt() {
         r.fail("idt", format_args!("out of memory"));
@@ -128,6 +129,12 @@ extern "C" fn guest_main(zero_page: u64) -> ! {
         println!("TRIPLEFAULT now");
         // SAFETY: deliberately shuts the vCPU down; nothing after it runs.
         unsafe { triple_fault() }
+    }
+    if info.wants("vsock") {
+        match first(vsock::ID_VSOCK) {
+            Some(i) => vsock::test_vsock(&info, mmio(i), &mut r),
+            None => r.fail("vsock", format_args!("no virtio-vsock device (id 19)")),
+        }
     }
     if info.wants("fault") {
         // A #UD on purpose: the IDT handler reports it (a guest-side crash test).

@@ -44,8 +44,28 @@ pub fn root() -> u64 {
 /// Maps the 2 MiB page holding `addr` uncached, identity, if it is above the VMM's
 /// 1 GiB identity map (LAPIC, IOAPIC, virtio windows). Returns false when out of pages.
 pub fn map_mmio(addr: u64) -> bool {
+    map_2m(addr, 0x9b)
+}
+
+/// Identity-maps RAM `[addr, addr + len)` (write-back) beyond the VMM's first 1 GiB.
+pub fn map_ram(addr: u64, len: u64) -> bool {
+    let mut a = addr & !0x1f_ffff;
+    while a < addr.saturating_add(len) {
+        if !map_2m(a, 0x83) {
+            return false;
+        }
+        a += 0x20_0000;
+    }
+    true
+}
+
+/// Maps the 2 MiB page holding `addr` with PD entry flags `flags` (always with PS).
+fn map_2m(addr: u64, flags: u64) -> bool {
     if addr < (1 << 30) {
         return true;
+    }
+    if addr >= 1 << 47 {
+        return false;
     }
     let pml4 = root();
     let l4 = pml4 + 8 * ((addr >> 39) & 511);
@@ -65,8 +85,8 @@ pub fn map_mmio(addr: u64) -> bool {
     }
     let pd = rd::<u64>(l3) & 0x000f_ffff_ffff_f000;
     let l2 = pd + 8 * ((addr >> 21) & 511);
-    // present | rw | pwt | pcd | 2 MiB page
-    wr(l2, (addr & !0x1f_ffff) | 0x9b);
+    // 0x9b: present | rw | pwt | pcd | 2 MiB page; 0x83: present | rw | 2 MiB page
+    wr(l2, (addr & !0x1f_ffff) | flags);
     // SAFETY: reloading CR3 flushes the TLB; the tables stay valid.
     unsafe { asm!("mov cr3, {}", in(reg) cr3(), options(nostack)) }
     true
