@@ -29,10 +29,14 @@ pub enum AgentError {
 
 /// Opens a stream to guest vsock `port` through the hybrid socket `uds`.
 pub fn connect_vsock(uds: &Path, port: u32, timeout: Duration) -> Result<UnixStream, AgentError> {
-    let sock_err = |source| AgentError::Socket { path: uds.display().to_string(), source };
+    let sock_err = |source| AgentError::Socket {
+        path: uds.display().to_string(),
+        source,
+    };
     let mut s = UnixStream::connect(uds).map_err(sock_err)?;
     s.set_read_timeout(Some(timeout)).map_err(sock_err)?;
-    s.write_all(format!("CONNECT {port}\n").as_bytes()).map_err(sock_err)?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes())
+        .map_err(sock_err)?;
     let mut reply = Vec::new();
     let mut b = [0u8; 1];
     while reply.len() < 64 {
@@ -60,13 +64,21 @@ impl Agent {
     pub fn connect(uds: &Path, timeout: Duration) -> Result<Self, AgentError> {
         let s = connect_vsock(uds, protocol::CONTROL_PORT, timeout)?;
         s.set_read_timeout(Some(timeout))
-            .map_err(|source| AgentError::Socket { path: uds.display().to_string(), source })?;
-        let mut writer = s
-            .try_clone()
-            .map_err(|source| AgentError::Socket { path: uds.display().to_string(), source })?;
+            .map_err(|source| AgentError::Socket {
+                path: uds.display().to_string(),
+                source,
+            })?;
+        let mut writer = s.try_clone().map_err(|source| AgentError::Socket {
+            path: uds.display().to_string(),
+            source,
+        })?;
         let mut reader = FrameReader::new(s);
         let description = protocol::handshake(&mut reader, &mut writer)?;
-        Ok(Agent { reader, writer, description })
+        Ok(Agent {
+            reader,
+            writer,
+            description,
+        })
     }
 
     fn call(&mut self, req: &Request) -> Result<Response, AgentError> {
@@ -95,14 +107,17 @@ impl Agent {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        self.call(&Request::SetClock { unix_nanos: now }).map(|_| ())
+        self.call(&Request::SetClock { unix_nanos: now })
+            .map(|_| ())
     }
 
     /// Starts watching listening ports; the agent first reports every current listener.
     pub fn watch_ports(mut self) -> Result<PortWatch, AgentError> {
         protocol::write_frame(&mut self.writer, &Request::WatchPorts)?;
         let _ = self.reader.get_ref().set_read_timeout(None);
-        Ok(PortWatch { reader: self.reader })
+        Ok(PortWatch {
+            reader: self.reader,
+        })
     }
 
     /// Runs a command, streaming its output to `stdout`/`stderr` and `stdin` to it;
@@ -122,10 +137,13 @@ impl Agent {
             other => return Err(ProtocolError::Unexpected(format!("{other:?}")).into()),
         }
         if let Some(mut input) = stdin {
-            let mut w = self.writer.try_clone().map_err(|source| AgentError::Socket {
-                path: "vsock".into(),
-                source,
-            })?;
+            let mut w = self
+                .writer
+                .try_clone()
+                .map_err(|source| AgentError::Socket {
+                    path: "vsock".into(),
+                    source,
+                })?;
             std::thread::spawn(move || {
                 let mut buf = vec![0u8; protocol::MAX_CHUNK];
                 loop {
@@ -135,7 +153,9 @@ impl Agent {
                             return;
                         }
                         Ok(n) => {
-                            let msg = Request::Stdin { data: protocol::Bytes(buf[..n].to_vec()) };
+                            let msg = Request::Stdin {
+                                data: protocol::Bytes(buf[..n].to_vec()),
+                            };
                             if protocol::write_frame(&mut w, &msg).is_err() {
                                 return;
                             }

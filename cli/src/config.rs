@@ -84,7 +84,11 @@ impl std::str::FromStr for Mount {
         if !host.starts_with('/') || !guest.starts_with('/') {
             return Err(format!("{s:?}: folders must be absolute paths"));
         }
-        Ok(Mount { host: host.into(), guest: guest.into(), read_only })
+        Ok(Mount {
+            host: host.into(),
+            guest: guest.into(),
+            read_only,
+        })
     }
 }
 
@@ -103,14 +107,22 @@ pub fn parse_size_mib(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 4GiB or 512MiB"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 4GiB or 512MiB"))?;
     let mul = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "m" | "mb" | "mib" => 1,
         "g" | "gb" | "gib" => 1024,
         "t" | "tb" | "tib" => 1024 * 1024,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use MiB, GiB or TiB)")),
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (use MiB, GiB or TiB)"
+            ))
+        }
     };
-    n.checked_mul(mul).filter(|v| *v > 0).ok_or_else(|| format!("{s:?} is out of range"))
+    n.checked_mul(mul)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("{s:?} is out of range"))
 }
 
 pub fn format_size_mib(mib: u64) -> String {
@@ -151,7 +163,9 @@ pub struct Config {
 }
 
 fn host_cpus() -> u32 {
-    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(2)
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(2)
 }
 
 fn host_memory_mib() -> u64 {
@@ -160,7 +174,11 @@ fn host_memory_mib() -> u64 {
         .and_then(|s| {
             s.lines()
                 .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+                .and_then(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .and_then(|v| v.parse::<u64>().ok())
+                })
         })
         .map(|kib| kib / 1024)
         .unwrap_or(4096)
@@ -174,20 +192,29 @@ impl ConfigFile {
                 source: Box::new(source),
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ConfigFile::default()),
-            Err(source) => Err(ConfigError::Read { path: path.display().to_string(), source }),
+            Err(source) => Err(ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            }),
         }
     }
 
     pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
         let body = toml::to_string_pretty(self).unwrap_or_default();
-        let text = format!("# vmctl instance configuration; keys: see `vmctl config --help`\n{body}");
-        std::fs::write(path, text)
-            .map_err(|source| ConfigError::Write { path: path.display().to_string(), source })
+        let text =
+            format!("# vmctl instance configuration; keys: see `vmctl config --help`\n{body}");
+        std::fs::write(path, text).map_err(|source| ConfigError::Write {
+            path: path.display().to_string(),
+            source,
+        })
     }
 
     /// Sets one key from its command-line text, validating it.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
-        let bad = |why: String| ConfigError::Value { key: key.to_string(), why };
+        let bad = |why: String| ConfigError::Value {
+            key: key.to_string(),
+            why,
+        };
         match key {
             "engine" => {
                 self.engine = Some(match value {
@@ -247,17 +274,25 @@ impl ConfigFile {
             "memory" => format_size_mib(c.memory_mib),
             "disk_size" => format_size_mib(c.disk_size_mib),
             "share_home" => c.share_home.to_string(),
-            "mounts" => c.mounts.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(","),
+            "mounts" => c
+                .mounts
+                .iter()
+                .map(|m| m.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
             other => return Err(ConfigError::UnknownKey(other.to_string())),
         })
     }
 
     /// Fills defaults from the host.
     pub fn resolve(&self) -> Result<Config, ConfigError> {
-        let bad = |key: &str, why: String| ConfigError::Value { key: key.to_string(), why };
+        let bad = |key: &str, why: String| ConfigError::Value {
+            key: key.to_string(),
+            why,
+        };
         let memory_mib = match &self.memory {
             Some(m) => parse_size_mib(m).map_err(|w| bad("memory", w))?,
-            None => (host_memory_mib() / 4).clamp(1024, 8192),
+            None => (host_memory_mib() / 4 / 1024 * 1024).clamp(1024, 8192),
         };
         let disk_size_mib = match &self.disk_size {
             Some(d) => parse_size_mib(d).map_err(|w| bad("disk_size", w))?,
@@ -299,7 +334,10 @@ mod tests {
     #[test]
     fn test_mount_parse_forms() {
         let m: Mount = "/a".parse().unwrap();
-        assert_eq!((m.host.to_str(), m.guest.to_str(), m.read_only), (Some("/a"), Some("/a"), false));
+        assert_eq!(
+            (m.host.to_str(), m.guest.to_str(), m.read_only),
+            (Some("/a"), Some("/a"), false)
+        );
         let m: Mount = "/a:/b:ro".parse().unwrap();
         assert_eq!((m.guest.to_str(), m.read_only), (Some("/b"), true));
         let m: Mount = "/a:ro".parse().unwrap();
@@ -325,7 +363,10 @@ mod tests {
         assert_eq!(back.get("memory").unwrap(), "2GiB");
         assert_eq!(back.get("mounts").unwrap(), "/srv:/data:ro");
         let r = back.resolve().unwrap();
-        assert_eq!((r.cpus, r.memory_mib, r.engine), (3, 2048, EngineChoice::Auto));
+        assert_eq!(
+            (r.cpus, r.memory_mib, r.engine),
+            (3, 2048, EngineChoice::Auto)
+        );
     }
 
     #[test]
@@ -334,6 +375,9 @@ mod tests {
         let p = dir.path().join("config.toml");
         std::fs::write(&p, "cpus = \"many\"\nwat = 1\n").unwrap();
         let e = ConfigFile::load(&p).unwrap_err().to_string();
-        assert!(e.contains("config.toml") && e.contains("vmctl config edit"), "{e}");
+        assert!(
+            e.contains("config.toml") && e.contains("vmctl config edit"),
+            "{e}"
+        );
     }
 }

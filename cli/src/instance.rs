@@ -25,7 +25,10 @@ pub enum InstanceError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> InstanceError + '_ {
-    move |source| InstanceError::Io { path: path.display().to_string(), source }
+    move |source| InstanceError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// Where all instances live.
@@ -33,17 +36,21 @@ pub fn data_root() -> PathBuf {
     if let Some(d) = std::env::var_os("VMCTL_HOME") {
         return PathBuf::from(d);
     }
-    let base = std::env::var_os("XDG_DATA_HOME").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-            .join(".local/share")
-    });
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".local/share")
+        });
     base.join("vmctl")
 }
 
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 32
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// What the supervisor records about a running instance.
@@ -82,7 +89,10 @@ impl Instance {
         if !valid_name(name) {
             return Err(InstanceError::BadName(name.to_string()));
         }
-        Ok(Instance { name: name.to_string(), dir: data_root().join(name) })
+        Ok(Instance {
+            name: name.to_string(),
+            dir: data_root().join(name),
+        })
     }
 
     pub fn create_dirs(&self) -> Result<(), InstanceError> {
@@ -126,7 +136,10 @@ impl Instance {
         match std::fs::read(&p) {
             Ok(b) => serde_json::from_slice(&b)
                 .map(Some)
-                .map_err(|source| InstanceError::State { path: p.display().to_string(), source }),
+                .map_err(|source| InstanceError::State {
+                    path: p.display().to_string(),
+                    source,
+                }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(&p)(e)),
         }
@@ -143,14 +156,23 @@ impl Instance {
 
     /// The live supervisor's pid, if its pid file names a running process of ours.
     pub fn running_supervisor(&self) -> Option<u32> {
-        let pid: u32 = std::fs::read_to_string(self.pid_file()).ok()?.trim().parse().ok()?;
+        let pid: u32 = std::fs::read_to_string(self.pid_file())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
         process_alive(pid).then_some(pid)
     }
 
     /// Removes what a crashed supervisor left behind (sockets, pid file); disks stay.
     pub fn clean_stale(&self) -> Vec<PathBuf> {
         let mut removed = Vec::new();
-        for p in [self.pid_file(), self.docker_sock(), self.control_sock(), self.vsock_sock()] {
+        for p in [
+            self.pid_file(),
+            self.docker_sock(),
+            self.control_sock(),
+            self.vsock_sock(),
+        ] {
             if p.exists() && std::fs::remove_file(&p).is_ok() {
                 removed.push(p);
             }
@@ -216,10 +238,17 @@ mod tests {
     #[test]
     fn test_state_roundtrip_and_stale_cleanup() {
         let dir = tempfile::tempdir().unwrap();
-        let inst = Instance { name: "t".into(), dir: dir.path().join("t") };
+        let inst = Instance {
+            name: "t".into(),
+            dir: dir.path().join("t"),
+        };
         inst.create_dirs().unwrap();
         assert_eq!(inst.read_state().unwrap(), None);
-        let s = State { phase: "running".into(), cpus: 2, ..Default::default() };
+        let s = State {
+            phase: "running".into(),
+            cpus: 2,
+            ..Default::default()
+        };
         inst.write_state(&s).unwrap();
         assert_eq!(inst.read_state().unwrap(), Some(s));
         std::fs::write(inst.pid_file(), "4294967294").unwrap();

@@ -28,7 +28,14 @@ pub fn run(name: &NameArg, c: ConfigCommand) -> anyhow::Result<()> {
         ConfigCommand::Get { key: Some(k) } => println!("{}", ConfigFile::load(&path)?.get(&k)?),
         ConfigCommand::Get { key: None } => {
             let f = ConfigFile::load(&path)?;
-            for k in ["engine", "cpus", "memory", "disk_size", "share_home", "mounts"] {
+            for k in [
+                "engine",
+                "cpus",
+                "memory",
+                "disk_size",
+                "share_home",
+                "mounts",
+            ] {
                 println!("{k} = {}", f.get(k)?);
             }
         }

@@ -42,10 +42,21 @@ pub fn ensure_context(inst: &Instance, make_current: bool) -> anyhow::Result<()>
     let ok = if exists {
         docker(&["context", "update", &name, "--docker", &host])?
     } else {
-        docker(&["context", "create", &name, "--description", "vmctl VM", "--docker", &host])?
+        docker(&[
+            "context",
+            "create",
+            &name,
+            "--description",
+            "vmctl VM",
+            "--docker",
+            &host,
+        ])?
     };
     if !ok {
-        bail!("`docker context {}` failed", if exists { "update" } else { "create" });
+        bail!(
+            "`docker context {}` failed",
+            if exists { "update" } else { "create" }
+        );
     }
     if make_current && !docker(&["context", "use", &name])? {
         bail!("`docker context use {name}` failed");

@@ -12,12 +12,24 @@ use super::vm::NameArg;
 
 pub fn exec_in_guest(inst: &Instance, argv: Vec<String>) -> anyhow::Result<i32> {
     if inst.running_supervisor().is_none() {
-        bail!("instance {} is not running; start it with `vmctl start`", inst.name);
+        bail!(
+            "instance {} is not running; start it with `vmctl start`",
+            inst.name
+        );
     }
     let agent = Agent::connect(&inst.vsock_sock(), Duration::from_secs(5))?;
-    let req = ExecRequest { argv, env: vec![("TERM".into(), "dumb".into())], cwd: None };
+    let req = ExecRequest {
+        argv,
+        env: vec![("TERM".into(), "dumb".into())],
+        cwd: None,
+    };
     let stdin: Box<dyn std::io::Read + Send> = Box::new(std::io::stdin());
-    let code = agent.exec(req, Some(stdin), &mut std::io::stdout(), &mut std::io::stderr())?;
+    let code = agent.exec(
+        req,
+        Some(stdin),
+        &mut std::io::stdout(),
+        &mut std::io::stderr(),
+    )?;
     Ok(code)
 }
 

@@ -79,7 +79,10 @@ pub fn start(name: &NameArg, a: StartArgs) -> anyhow::Result<()> {
     }
     let cleaned = inst.clean_stale();
     if !cleaned.is_empty() {
-        eprintln!("vmctl: the previous run of {} did not stop cleanly; cleaned up its sockets", inst.name);
+        eprintln!(
+            "vmctl: the previous run of {} did not stop cleanly; cleaned up its sockets",
+            inst.name
+        );
     }
 
     let cfg_path = inst.dir.join("config.toml");
@@ -98,7 +101,8 @@ pub fn start(name: &NameArg, a: StartArgs) -> anyhow::Result<()> {
     }
     if !a.mounts.is_empty() {
         for m in &a.mounts {
-            m.parse::<Mount>().map_err(|e| anyhow::anyhow!("--mount {e}"))?;
+            m.parse::<Mount>()
+                .map_err(|e| anyhow::anyhow!("--mount {e}"))?;
         }
         file.set("mounts", &a.mounts.join(","))?;
     }
@@ -118,15 +122,28 @@ pub fn start(name: &NameArg, a: StartArgs) -> anyhow::Result<()> {
     let k = kernel::ensure(&progress)?;
     step(2, total, "root image");
     let r = rootfs::ensure(&agent_path(a.agent)?, &progress)?;
-    let assets = Assets { kernel: k.bzimage, rootfs: r.image };
+    let assets = Assets {
+        kernel: k.bzimage,
+        rootfs: r.image,
+    };
 
-    step(3, total, &format!("starting the VM ({} vCPUs, {} MiB)", cfg.cpus, cfg.memory_mib));
+    step(
+        3,
+        total,
+        &format!(
+            "starting the VM ({} vCPUs, {} MiB)",
+            cfg.cpus, cfg.memory_mib
+        ),
+    );
     let pid = supervisor::spawn_detached(&inst, &assets)?;
     let mut last = String::new();
     let deadline = Instant::now() + Duration::from_secs(360);
     loop {
         if Instant::now() > deadline {
-            bail!("the VM did not become ready in time; see {}", supervisor::log_path(&inst).display());
+            bail!(
+                "the VM did not become ready in time; see {}",
+                supervisor::log_path(&inst).display()
+            );
         }
         let state = inst.read_state().ok().flatten();
         if let Some(s) = &state {
@@ -135,18 +152,29 @@ pub fn start(name: &NameArg, a: StartArgs) -> anyhow::Result<()> {
                 last = s.message.clone();
             }
             if s.supervisor_pid == pid && s.phase == "failed" {
-                bail!("{}\n(supervisor log: {})", s.message, supervisor::log_path(&inst).display());
+                bail!(
+                    "{}\n(supervisor log: {})",
+                    s.message,
+                    supervisor::log_path(&inst).display()
+                );
             }
             if s.supervisor_pid == pid && s.phase == "running" && ping(&inst.docker_sock()) {
                 break;
             }
         }
         if !instance::process_alive(pid) {
-            bail!("the supervisor exited; see {}", supervisor::log_path(&inst).display());
+            bail!(
+                "the supervisor exited; see {}",
+                supervisor::log_path(&inst).display()
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    step(4, total, &format!("Docker is ready ({:.1} s)", t0.elapsed().as_secs_f64()));
+    step(
+        4,
+        total,
+        &format!("Docker is ready ({:.1} s)", t0.elapsed().as_secs_f64()),
+    );
     match super::context::ensure_context(&inst, false) {
         Ok(()) => eprintln!("vmctl: docker context 'vmctl' points at the VM (`docker --context vmctl ...`, or `vmctl docker-context --use`)"),
         Err(e) => eprintln!("vmctl: note: could not set up the docker context: {e:#}"),
@@ -170,9 +198,22 @@ pub fn stop(name: &NameArg, a: StopArgs) -> anyhow::Result<()> {
         eprintln!("vmctl: instance {} is not running", inst.name);
         return Ok(());
     };
-    let path = if a.force { "/v1/stop?force=1" } else { "/v1/stop" };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    if rt.block_on(control::request(&inst.control_sock(), hyper::Method::POST, path)).is_err() {
+    let path = if a.force {
+        "/v1/stop?force=1"
+    } else {
+        "/v1/stop"
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    if rt
+        .block_on(control::request(
+            &inst.control_sock(),
+            hyper::Method::POST,
+            path,
+        ))
+        .is_err()
+    {
         // No control API (still booting or wedged): ask with SIGTERM.
         // SAFETY: kill with a pid read from our own pid file, verified alive just above.
         unsafe { libc::kill(pid as i32, libc::SIGTERM) };
@@ -189,7 +230,11 @@ pub fn stop(name: &NameArg, a: StopArgs) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    eprintln!("vmctl: stopped {} ({:.1} s)", inst.name, t0.elapsed().as_secs_f64());
+    eprintln!(
+        "vmctl: stopped {} ({:.1} s)",
+        inst.name,
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -208,7 +253,11 @@ pub fn status(name: &NameArg, a: StatusArgs) -> anyhow::Result<()> {
         state.phase = "stopped (supervisor not running)".into();
     }
     if state.phase.is_empty() {
-        state.phase = if inst.exists() { "stopped".into() } else { "not created".into() };
+        state.phase = if inst.exists() {
+            "stopped".into()
+        } else {
+            "not created".into()
+        };
     }
     if a.json {
         let mut v = serde_json::to_value(&state)?;
@@ -236,11 +285,20 @@ pub fn list() -> anyhow::Result<()> {
     println!("{:<16} {:<10} DOCKER SOCKET", "NAME", "STATE");
     for inst in instance::list() {
         let state = if inst.running_supervisor().is_some() {
-            inst.read_state().ok().flatten().map(|s| s.phase).unwrap_or_else(|| "starting".into())
+            inst.read_state()
+                .ok()
+                .flatten()
+                .map(|s| s.phase)
+                .unwrap_or_else(|| "starting".into())
         } else {
             "stopped".into()
         };
-        println!("{:<16} {:<10} {}", inst.name, state, inst.docker_sock().display());
+        println!(
+            "{:<16} {:<10} {}",
+            inst.name,
+            state,
+            inst.docker_sock().display()
+        );
     }
     Ok(())
 }
@@ -251,7 +309,8 @@ pub fn delete(name: &NameArg) -> anyhow::Result<()> {
         stop(name, StopArgs { force: false })?;
     }
     if inst.exists() {
-        std::fs::remove_dir_all(&inst.dir).with_context(|| format!("remove {}", inst.dir.display()))?;
+        std::fs::remove_dir_all(&inst.dir)
+            .with_context(|| format!("remove {}", inst.dir.display()))?;
     }
     super::context::remove_context(&inst);
     eprintln!("vmctl: deleted {}", inst.name);
@@ -278,10 +337,15 @@ pub fn logs(name: &NameArg, a: LogsArgs) -> anyhow::Result<()> {
     use std::io::{Read, Seek, Write};
     let inst = Instance::new(&name.name)?;
     if a.docker {
-        let code = super::exec::exec_in_guest(&inst, vec!["cat".into(), "/var/log/dockerd.log".into()])?;
+        let code =
+            super::exec::exec_in_guest(&inst, vec!["cat".into(), "/var/log/dockerd.log".into()])?;
         std::process::exit(code);
     }
-    let path = if a.kernel || a.agent { inst.log("console") } else { inst.log("supervisor") };
+    let path = if a.kernel || a.agent {
+        inst.log("console")
+    } else {
+        inst.log("supervisor")
+    };
     let filter_agent = a.agent;
     let mut f = std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
     let mut out = std::io::stdout();
@@ -317,5 +381,11 @@ pub fn supervise(name: &NameArg, a: SuperviseArgs) -> anyhow::Result<()> {
         .format_timestamp_millis()
         .init();
     let inst = Instance::new(&name.name)?;
-    supervisor::supervise(&inst, Assets { kernel: a.kernel, rootfs: a.rootfs })
+    supervisor::supervise(
+        &inst,
+        Assets {
+            kernel: a.kernel,
+            rootfs: a.rootfs,
+        },
+    )
 }

@@ -20,7 +20,12 @@ pub enum BackendError {
         source: std::io::Error,
     },
     #[error("{name} did not create its socket {socket} within {secs} s; see {log}")]
-    NoSocket { name: String, socket: String, secs: u64, log: String },
+    NoSocket {
+        name: String,
+        socket: String,
+        secs: u64,
+        log: String,
+    },
 }
 
 /// A program shipped with vmctl: next to the running executable, else on PATH.
@@ -50,10 +55,23 @@ pub struct Backend {
 
 impl Backend {
     /// Starts `program args…` with output appended to `log`, and waits for `socket` to appear.
-    pub fn start(name: &str, program: &Path, args: &[String], log: &Path, socket: &Path) -> Result<Self, BackendError> {
+    pub fn start(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        socket: &Path,
+    ) -> Result<Self, BackendError> {
         let _ = std::fs::remove_file(socket);
-        let spawn_err = |source| BackendError::Spawn { name: name.to_string(), source };
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(spawn_err)?;
+        let spawn_err = |source| BackendError::Spawn {
+            name: name.to_string(),
+            source,
+        };
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(spawn_err)?;
         let err = out.try_clone().map_err(spawn_err)?;
         let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
@@ -66,7 +84,10 @@ impl Backend {
             });
         }
         let child = cmd.spawn().map_err(spawn_err)?;
-        let mut b = Backend { name: name.to_string(), child };
+        let mut b = Backend {
+            name: name.to_string(),
+            child,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !socket.exists() {
             if Instant::now() > deadline || b.exited() {

@@ -36,28 +36,41 @@ async fn handle(
     state: Arc<Mutex<State>>,
     stop: Arc<StopSender>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let force = req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "force=1"));
+    let force = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "force=1"));
     Ok(match (req.method(), req.uri().path()) {
         (&Method::GET, "/v1/status") => {
             let s = state.lock().await.clone();
-            json(StatusCode::OK, serde_json::to_string(&s).unwrap_or_default())
+            json(
+                StatusCode::OK,
+                serde_json::to_string(&s).unwrap_or_default(),
+            )
         }
         (&Method::POST, "/v1/stop") => {
             let _ = stop.send(Some(force));
             json(StatusCode::OK, r#"{"stopping":true}"#.into())
         }
-        _ => json(StatusCode::NOT_FOUND, r#"{"error":"no such endpoint"}"#.into()),
+        _ => json(
+            StatusCode::NOT_FOUND,
+            r#"{"error":"no such endpoint"}"#.into(),
+        ),
     })
 }
 
 /// Serves the API until the task is dropped.
 pub async fn serve(listener: UnixListener, state: Arc<Mutex<State>>, stop: Arc<StopSender>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let (state, stop) = (state.clone(), stop.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req| handle(req, state.clone(), stop.clone()));
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
@@ -79,7 +92,12 @@ pub async fn request(
         .body(Empty::new())
         .map_err(|e| e.to_string())?;
     let resp = client.request(req).await.map_err(|e| format!("{e}"))?;
-    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
     serde_json::from_slice(&body).map_err(|e| e.to_string())
 }
 
@@ -90,9 +108,14 @@ pub async fn docker_ping(sock: &std::path::Path) -> bool {
     use hyperlocal::{UnixClientExt, UnixConnector, Uri};
     let client: Client<UnixConnector, Empty<Bytes>> = Client::unix();
     let uri: hyper::Uri = Uri::new(sock, "/_ping").into();
-    let Ok(resp) = client.get(uri).await else { return false };
+    let Ok(resp) = client.get(uri).await else {
+        return false;
+    };
     if !resp.status().is_success() {
         return false;
     }
-    matches!(resp.into_body().collect().await, Ok(b) if b.to_bytes().as_ref() == b"OK")
+    match resp.into_body().collect().await {
+        Ok(b) => b.to_bytes().as_ref() == b"OK",
+        Err(_) => false,
+    }
 }

@@ -24,7 +24,10 @@ pub enum ProxyError {
 
 /// Binds the socket (owner-only) and returns the listener.
 pub fn bind(path: &Path) -> Result<UnixListener, ProxyError> {
-    let err = |source| ProxyError::Listen { path: path.display().to_string(), source };
+    let err = |source| ProxyError::Listen {
+        path: path.display().to_string(),
+        source,
+    };
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

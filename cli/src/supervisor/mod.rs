@@ -36,19 +36,30 @@ pub struct Assets {
 }
 
 fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// A share: virtio-fs tag, host folder, guest folder, read-only.
 fn shares(cfg: &Config) -> Vec<(String, PathBuf, PathBuf, bool)> {
     let mut v = Vec::new();
     if cfg.share_home {
-        if let Some(home) = std::env::var_os("HOME").map(PathBuf::from).filter(|h| h.is_dir()) {
+        if let Some(home) = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .filter(|h| h.is_dir())
+        {
             v.push(("home".to_string(), home.clone(), home, false));
         }
     }
     for (i, m) in cfg.mounts.iter().enumerate() {
-        v.push((format!("mount{i}"), m.host.clone(), m.guest.clone(), m.read_only));
+        v.push((
+            format!("mount{i}"),
+            m.host.clone(),
+            m.guest.clone(),
+            m.read_only,
+        ));
     }
     v
 }
@@ -78,7 +89,12 @@ struct Running {
     _backends: Vec<Backend>,
 }
 
-fn start_vm(inst: &Instance, cfg: &Config, assets: &Assets, state: &Arc<Mutex<State>>) -> anyhow::Result<Running> {
+fn start_vm(
+    inst: &Instance,
+    cfg: &Config,
+    assets: &Assets,
+    state: &Arc<Mutex<State>>,
+) -> anyhow::Result<Running> {
     let set = |msg: &str| {
         log::info!("{msg}");
         state.blocking_lock().message = msg.to_string();
@@ -92,7 +108,11 @@ fn start_vm(inst: &Instance, cfg: &Config, assets: &Assets, state: &Arc<Mutex<St
     backends.push(Backend::start(
         "usernet",
         &sibling_program("usernet")?,
-        &["stream".into(), "--socket".into(), net_sock.display().to_string()],
+        &[
+            "stream".into(),
+            "--socket".into(),
+            net_sock.display().to_string(),
+        ],
         &inst.log("usernet"),
         &net_sock,
     )?);
@@ -132,12 +152,22 @@ fn start_vm(inst: &Instance, cfg: &Config, assets: &Assets, state: &Arc<Mutex<St
         if ro {
             args.push("--readonly".into());
         }
-        backends.push(Backend::start(&format!("fs-share {tag}"), &sibling_program("fs-share")?, &args, &inst.log(&format!("fs-{tag}")), &sock)?);
+        backends.push(Backend::start(
+            &format!("fs-share {tag}"),
+            &sibling_program("fs-share")?,
+            &args,
+            &inst.log(&format!("fs-{tag}")),
+            &sock,
+        )?);
         fs_shares.push((tag.clone(), sock));
         share_words.push(format!("{tag}:{}", guest.display()));
     }
 
-    let mut qc = QemuConfig::new(assets.kernel.clone(), assets.rootfs.clone(), inst.log("console"));
+    let mut qc = QemuConfig::new(
+        assets.kernel.clone(),
+        assets.rootfs.clone(),
+        inst.log("console"),
+    );
     qc.data_disk = Some(inst.data_disk());
     qc.memory_mib = u32::try_from(cfg.memory_mib).unwrap_or(u32::MAX);
     qc.cpus = cfg.cpus;
@@ -146,9 +176,17 @@ fn start_vm(inst: &Instance, cfg: &Config, assets: &Assets, state: &Arc<Mutex<St
     qc.fs_shares = fs_shares;
     qc.qmp_socket = Some(inst.dir.join("qmp.sock"));
     qc.cmdline_extra.push(format!("vmctl.time={}", now_unix()));
-    qc.cmdline_extra.push(format!("vmctl.hostname={}", if inst.name == "default" { "vmctl" } else { &inst.name }));
+    qc.cmdline_extra.push(format!(
+        "vmctl.hostname={}",
+        if inst.name == "default" {
+            "vmctl"
+        } else {
+            &inst.name
+        }
+    ));
     if !share_words.is_empty() {
-        qc.cmdline_extra.push(format!("vmctl.share={}", share_words.join(",")));
+        qc.cmdline_extra
+            .push(format!("vmctl.share={}", share_words.join(",")));
     }
     set("booting the VM");
     let vm = QemuVm::start(&qc, None)?;
@@ -156,7 +194,10 @@ fn start_vm(inst: &Instance, cfg: &Config, assets: &Assets, state: &Arc<Mutex<St
         let mut s = state.blocking_lock();
         s.engine_reason = format!("{}; QEMU accelerator: {:?}", s.engine_reason, vm.accel());
     }
-    Ok(Running { qemu: vm, _backends: backends })
+    Ok(Running {
+        qemu: vm,
+        _backends: backends,
+    })
 }
 
 /// Waits until the agent says dockerd answers, updating the progress message.
@@ -165,7 +206,10 @@ fn wait_ready(inst: &Instance, vm: &mut QemuVm, state: &Arc<Mutex<State>>) -> an
     let mut last = String::new();
     while start.elapsed() < READY_TIMEOUT {
         if let Some(status) = vm.try_exit() {
-            bail!("the VM exited during boot ({status}); see {}", inst.log("console").display());
+            bail!(
+                "the VM exited during boot ({status}); see {}",
+                inst.log("console").display()
+            );
         }
         match Agent::connect(&inst.vsock_sock(), Duration::from_secs(2)).and_then(|mut a| {
             let _ = a.sync_clock();
@@ -200,7 +244,10 @@ fn stop_vm(inst: &Instance, running: &mut Running, force: bool) {
         if running.qemu.wait_exit(STOP_TIMEOUT).is_some() {
             return;
         }
-        log::warn!("the guest did not power off within {} s; stopping it hard", STOP_TIMEOUT.as_secs());
+        log::warn!(
+            "the guest did not power off within {} s; stopping it hard",
+            STOP_TIMEOUT.as_secs()
+        );
     }
     running.qemu.kill();
 }
@@ -247,13 +294,16 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
     let stop_tx = Arc::new(stop_tx);
     let control = {
         let _guard = rt.enter();
-        let l = tokio::net::UnixListener::bind(inst.control_sock()).context("bind control socket")?;
+        let l =
+            tokio::net::UnixListener::bind(inst.control_sock()).context("bind control socket")?;
         rt.spawn(control::serve(l, state.clone(), stop_tx.clone()))
     };
     {
         let stop_tx = stop_tx.clone();
         rt.spawn(async move {
-            if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            if let Ok(mut term) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            {
                 term.recv().await;
                 let _ = stop_tx.send(Some(false));
             }
@@ -284,7 +334,11 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
         let _guard = rt.enter();
         let l = docker_proxy::bind(&inst.docker_sock())?;
         vec![
-            rt.spawn(docker_proxy::serve(l, inst.vsock_sock(), guest_agent::protocol::DOCKER_PORT)),
+            rt.spawn(docker_proxy::serve(
+                l,
+                inst.vsock_sock(),
+                guest_agent::protocol::DOCKER_PORT,
+            )),
             rt.spawn(ports::run(inst.vsock_sock(), state.clone())),
         ]
     };
@@ -304,7 +358,9 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
         if let Some(force) = *stop_rx.borrow_and_update() {
             break Some(force);
         }
-        let _ = rt.block_on(async { tokio::time::timeout(Duration::from_millis(500), stop_rx.changed()).await });
+        let _ = rt.block_on(async {
+            tokio::time::timeout(Duration::from_millis(500), stop_rx.changed()).await
+        });
     };
     {
         let mut s = state.blocking_lock();

@@ -30,13 +30,14 @@ pub async fn run(vsock_uds: PathBuf, state: Arc<Mutex<State>>) {
         let (tx, mut rx) = mpsc::channel::<PortEvent>(256);
         let uds = vsock_uds.clone();
         let watcher = tokio::task::spawn_blocking(move || {
-            let mut watch = match Agent::connect(&uds, Duration::from_secs(5)).and_then(|a| a.watch_ports()) {
-                Ok(w) => w,
-                Err(e) => {
-                    log::debug!("ports: cannot watch: {e}");
-                    return;
-                }
-            };
+            let mut watch =
+                match Agent::connect(&uds, Duration::from_secs(5)).and_then(|a| a.watch_ports()) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        log::debug!("ports: cannot watch: {e}");
+                        return;
+                    }
+                };
             while let Some(ev) = watch.next_event() {
                 if tx.blocking_send(ev).is_err() {
                     return;
@@ -96,11 +97,19 @@ async fn open_port(
     };
     let mut s = state.lock().await;
     s.ports.retain(|p| p.port != port);
-    s.ports.push(PortState { proto: "tcp".into(), port, status });
+    s.ports.push(PortState {
+        proto: "tcp".into(),
+        port,
+        status,
+    });
     s.ports.sort_by_key(|p| p.port);
 }
 
-async fn close_port(port: u16, state: &Arc<Mutex<State>>, open: &mut BTreeMap<(Proto, u16), JoinHandle<()>>) {
+async fn close_port(
+    port: u16,
+    state: &Arc<Mutex<State>>,
+    open: &mut BTreeMap<(Proto, u16), JoinHandle<()>>,
+) {
     open.retain(|(_, p), h| {
         if *p == port {
             h.abort();
@@ -115,7 +124,9 @@ async fn close_port(port: u16, state: &Arc<Mutex<State>>, open: &mut BTreeMap<(P
 
 async fn accept_loop(listener: TcpListener, uds: PathBuf, port: u16) {
     loop {
-        let Ok((client, _)) = listener.accept().await else { continue };
+        let Ok((client, _)) = listener.accept().await else {
+            continue;
+        };
         let _ = client.set_nodelay(true);
         let uds = uds.clone();
         tokio::spawn(async move {
@@ -149,8 +160,17 @@ async fn call(s: &mut UnixStream, req: &Request) -> Result<Response, String> {
 }
 
 async fn forward(mut client: TcpStream, uds: &Path, port: u16) -> Result<(), String> {
-    let mut guest = vsock::connect(uds, protocol::CONTROL_PORT).await.map_err(|e| e.to_string())?;
-    match call(&mut guest, &Request::Hello { version: protocol::PROTOCOL_VERSION }).await? {
+    let mut guest = vsock::connect(uds, protocol::CONTROL_PORT)
+        .await
+        .map_err(|e| e.to_string())?;
+    match call(
+        &mut guest,
+        &Request::Hello {
+            version: protocol::PROTOCOL_VERSION,
+        },
+    )
+    .await?
+    {
         Response::Hello { .. } => {}
         other => return Err(format!("unexpected {other:?}")),
     }
@@ -159,5 +179,8 @@ async fn forward(mut client: TcpStream, uds: &Path, port: u16) -> Result<(), Str
         Response::Error { message } => return Err(message),
         other => return Err(format!("unexpected {other:?}")),
     }
-    tokio::io::copy_bidirectional(&mut client, &mut guest).await.map(|_| ()).map_err(|e| e.to_string())
+    tokio::io::copy_bidirectional(&mut client, &mut guest)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }

@@ -30,9 +30,14 @@ pub enum VsockError {
 /// Opens a stream to guest vsock `port`.
 pub async fn connect(uds: &Path, port: u32) -> Result<UnixStream, VsockError> {
     let fut = async {
-        let sock_err = |source| VsockError::Socket { path: uds.display().to_string(), source };
+        let sock_err = |source| VsockError::Socket {
+            path: uds.display().to_string(),
+            source,
+        };
         let mut s = UnixStream::connect(uds).await.map_err(sock_err)?;
-        s.write_all(format!("CONNECT {port}\n").as_bytes()).await.map_err(sock_err)?;
+        s.write_all(format!("CONNECT {port}\n").as_bytes())
+            .await
+            .map_err(sock_err)?;
         // Byte by byte: the guest's data may follow the reply in the same segment.
         let mut reply = Vec::with_capacity(16);
         loop {
