@@ -61,8 +61,9 @@ impl VsockListener {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` is a fresh descriptor that we now own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(VsockStream {
-            file: File::from(unsafe { OwnedFd::from_raw_fd(fd) }),
+            file: File::from(fd),
         })
     }
 }
