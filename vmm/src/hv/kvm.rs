@@ -335,6 +335,9 @@ impl Vcpu for KvmVcpu {
     fn set_boot_regs(&mut self, regs: &BootRegs) -> Result<(), HvError> {
         match regs {
             BootRegs::X86_64(r) => self.set_x86_boot_regs(r),
+            BootRegs::Aarch64(_) => Err(HvError::MissingCapability(
+                "arm64 guests (this KVM backend runs x86_64 guests only)",
+            )),
         }
     }
 

@@ -6,6 +6,10 @@
 
 #[cfg(target_os = "linux")]
 pub mod kvm;
+// hvf and whp hold platform-neutral decoding (unit-tested on every host); their FFI and
+// backend submodules are cfg'd to macOS and Windows inside.
+pub mod hvf;
+pub mod whp;
 
 use std::sync::Arc;
 
@@ -75,6 +79,17 @@ pub enum VcpuExit<'a> {
 pub enum BootRegs {
     /// x86_64 Linux 64-bit boot protocol: long mode, identity-mapped page tables.
     X86_64(X86BootRegs),
+    /// arm64 Linux boot protocol: EL1h, MMU off, `x0` = device tree address.
+    Aarch64(Aarch64BootRegs),
+}
+
+/// arm64 register state at kernel entry (Documentation/arch/arm64/booting.rst).
+#[derive(Debug, Clone, Default)]
+pub struct Aarch64BootRegs {
+    /// The kernel's entry point (its load address).
+    pub pc: u64,
+    /// Guest physical address of the flattened device tree.
+    pub fdt: u64,
 }
 
 /// x86_64 register state at a 64-bit kernel entry.
@@ -173,10 +188,18 @@ pub fn open() -> Result<Box<dyn Hypervisor>, HvError> {
     {
         Ok(Box::new(kvm::Kvm::open()?))
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(all(target_os = "macos", target_arch = "aarch64"))]
+    {
+        Ok(Box::new(hvf::Hvf::open()?))
+    }
+    #[cfg(not(any(
+        target_os = "linux",
+        all(target_os = "macos", target_arch = "aarch64"),
+    )))]
     {
         Err(HvError::MissingCapability(
-            "a hypervisor backend for this OS (only KVM on Linux is built so far)",
+            "a hypervisor backend for this OS and CPU (KVM on Linux, Hypervisor.framework on \
+             arm64 macOS)",
         ))
     }
 }

@@ -1,0 +1,1 @@
+//! The Windows Hypervisor Platform backend (x86_64 Windows).
