@@ -14,3 +14,5 @@ pub mod engine;
 pub mod fuzzing;
 pub mod hv;
 pub mod ratelimit;
+#[cfg(target_os = "linux")]
+pub mod vhost_user;
