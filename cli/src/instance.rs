@@ -190,6 +190,38 @@ impl Instance {
     }
 }
 
+/// Kills processes a crashed supervisor left behind (QEMU, device backends): any process
+/// other than us whose command line names a file in the instance directory. Returns their
+/// pids. Without this a second VM could open the same data disk.
+pub fn kill_leftovers(inst: &Instance) -> Vec<u32> {
+    let me = std::process::id();
+    let needle = inst.dir.display().to_string();
+    let mut killed = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return killed;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let names_dir = cmd
+            .split(|b| *b == 0)
+            .any(|arg| String::from_utf8_lossy(arg).contains(&format!("{needle}/")));
+        if names_dir && process_alive(pid) {
+            // SAFETY: kill(2) on a pid we just read from /proc; at worst it is gone already.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            killed.push(pid);
+        }
+    }
+    killed
+}
+
 /// Whether `pid` is a live process (zombies count as dead).
 pub fn process_alive(pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {

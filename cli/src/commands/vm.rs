@@ -77,8 +77,9 @@ pub fn start(name: &NameArg, a: StartArgs) -> anyhow::Result<()> {
             inst.running_supervisor()
         );
     }
+    let leftovers = instance::kill_leftovers(&inst);
     let cleaned = inst.clean_stale();
-    if !cleaned.is_empty() {
+    if !cleaned.is_empty() || !leftovers.is_empty() {
         eprintln!(
             "vmctl: the previous run of {} did not stop cleanly; cleaned up its sockets",
             inst.name
@@ -194,6 +195,7 @@ pub fn stop(name: &NameArg, a: StopArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let inst = Instance::new(&name.name)?;
     let Some(pid) = inst.running_supervisor() else {
+        instance::kill_leftovers(&inst);
         inst.clean_stale();
         eprintln!("vmctl: instance {} is not running", inst.name);
         return Ok(());
