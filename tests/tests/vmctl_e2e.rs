@@ -18,7 +18,7 @@ use vmctl_tests::{assets_or_skip, build_agent, have, proc, skip, workspace_root}
 
 const STEP: Duration = Duration::from_secs(120);
 
-/// Builds the programs the supervisor runs (vmctl, usernet, fs-share, vmm) and returns the
+/// Builds the programs the supervisor runs (vmctl, usernet, fs-share, vmm-vsock-backend) and returns the
 /// directory they are in.
 fn build_programs() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

@@ -1,0 +1,95 @@
+//! KVM or TCG: use KVM only when it can run a Linux guest.
+
+use std::path::Path;
+
+/// QEMU accelerator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// The chosen accelerator and why, for the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccelChoice {
+    pub accel: Accel,
+    pub reason: String,
+}
+
+/// Decide from what `root` (normally `/`) shows: `/dev/kvm` usable, and not PVM.
+pub fn choose_in(root: &Path) -> AccelChoice {
+    let kvm = root.join("dev/kvm");
+    let tcg = |reason: String| AccelChoice {
+        accel: Accel::Tcg,
+        reason,
+    };
+    if !kvm.exists() {
+        return tcg("no /dev/kvm: using TCG (software emulation)".into());
+    }
+    if root.join("sys/module/kvm_pvm").exists() {
+        return tcg(
+            "/dev/kvm is PVM (kvm_pvm loaded), which cannot boot an unmodified Linux kernel: \
+             using TCG (software emulation)"
+                .into(),
+        );
+    }
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&kvm)
+    {
+        return tcg(format!(
+            "cannot open /dev/kvm ({e}): using TCG (software emulation)"
+        ));
+    }
+    AccelChoice {
+        accel: Accel::Kvm,
+        reason: "hardware KVM available: using KVM".into(),
+    }
+}
+
+/// Decide for this host.
+pub fn choose() -> AccelChoice {
+    choose_in(Path::new("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_choose_tcg_without_kvm_device() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let c = choose_in(d.path());
+        assert_eq!(c.accel, Accel::Tcg);
+        assert!(c.reason.contains("no /dev/kvm"), "{}", c.reason);
+    }
+
+    #[test]
+    fn test_choose_tcg_on_pvm() {
+        let d = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(d.path().join("dev")).expect("mkdir");
+        std::fs::write(d.path().join("dev/kvm"), b"").expect("write");
+        std::fs::create_dir_all(d.path().join("sys/module/kvm_pvm")).expect("mkdir");
+        let c = choose_in(d.path());
+        assert_eq!(c.accel, Accel::Tcg);
+        assert!(c.reason.contains("PVM"), "{}", c.reason);
+    }
+
+    #[test]
+    fn test_choose_matches_this_host() {
+        let c = choose();
+        if Path::new("/sys/module/kvm_pvm").exists() || !Path::new("/dev/kvm").exists() {
+            assert_eq!(c.accel, Accel::Tcg, "{}", c.reason);
+        }
+    }
+}
