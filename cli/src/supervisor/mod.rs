@@ -121,9 +121,8 @@ fn start_vm(
     let vhost_vsock = inst.dir.join("vhost-vsock.sock");
     backends.push(Backend::start(
         "vsock",
-        &sibling_program("vmm")?,
+        &sibling_program("vmm-vsock-backend")?,
         &[
-            "vsock-backend".into(),
             "--socket".into(),
             vhost_vsock.display().to_string(),
             "--uds-path".into(),
