@@ -192,14 +192,19 @@ pub fn open() -> Result<Box<dyn Hypervisor>, HvError> {
     {
         Ok(Box::new(hvf::Hvf::open()?))
     }
+    #[cfg(all(windows, target_arch = "x86_64"))]
+    {
+        Ok(Box::new(whp::Whp::open()?))
+    }
     #[cfg(not(any(
         target_os = "linux",
         all(target_os = "macos", target_arch = "aarch64"),
+        all(windows, target_arch = "x86_64")
     )))]
     {
         Err(HvError::MissingCapability(
             "a hypervisor backend for this OS and CPU (KVM on Linux, Hypervisor.framework on \
-             arm64 macOS)",
+             arm64 macOS, WHP on x86_64 Windows)",
         ))
     }
 }
