@@ -14,5 +14,6 @@ pub mod engine;
 pub mod fuzzing;
 pub mod hv;
 pub mod ratelimit;
+pub mod sys;
 #[cfg(target_os = "linux")]
 pub mod vhost_user;
