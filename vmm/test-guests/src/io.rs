@@ -98,6 +98,31 @@ impl fmt::Write for Serial {
     }
 }
 
+/// `serial_rx`: read one line from COM1 (host stdin) by polling LSR.DR, echo it.
+pub fn test_serial_rx(r: &mut crate::report::Report) {
+    crate::println!("SERIAL waiting for a line");
+    let mut line = [0u8; 64];
+    let mut n = 0;
+    let d = deadline(20_000);
+    while n < line.len() && !expired(d) {
+        if inb(COM1 + 5) & 1 == 0 {
+            core::hint::spin_loop();
+            continue;
+        }
+        let b = inb(COM1);
+        if b == b'\n' {
+            let text = core::str::from_utf8(&line[..n]).unwrap_or("<non-utf8>");
+            return r.ok("serial.rx", format_args!("got={text} len={n}"));
+        }
+        line[n] = b;
+        n += 1;
+    }
+    r.fail(
+        "serial.rx",
+        format_args!("no full line within 20 s ({n} bytes)"),
+    );
+}
+
 /// Formats `bytes` as lowercase hex.
 pub struct Hex<'a>(pub &'a [u8]);
 

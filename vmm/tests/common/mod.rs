@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 #[allow(unused_imports)]
 pub use image::{bzimage_from_elf, flat_image};
 #[allow(unused_imports)]
-pub use vm::{VmRun, VmSpec};
+pub use vm::{Serial, VmRun, VmSpec};
 
 /// The workspace root (the vmm crate's parent).
 pub fn workspace_root() -> PathBuf {

@@ -8,6 +8,14 @@ use std::time::{Duration, Instant};
 /// Default wall-clock limit for one VM run (guest kernel code is emulated on PVM).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Where COM1 goes (`--serial`).
+#[derive(Clone, Debug)]
+pub enum Serial {
+    Stdio,
+    File(PathBuf),
+    None,
+}
+
 /// A `vmm` invocation.
 #[derive(Clone, Debug)]
 pub struct VmSpec {
@@ -19,6 +27,11 @@ pub struct VmSpec {
     pub mem_mib: u32,
     pub cpus: u32,
     pub console: Option<PathBuf>,
+    pub serial: Serial,
+    /// Bytes written to the VMM's stdin (then closed); None: stdin is /dev/null.
+    pub stdin: Option<Vec<u8>>,
+    /// More arguments, verbatim.
+    pub extra: Vec<String>,
     pub timeout: Duration,
 }
 
@@ -33,6 +46,9 @@ impl VmSpec {
             mem_mib: 128,
             cpus: 1,
             console: None,
+            serial: Serial::Stdio,
+            stdin: None,
+            extra: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
         }
     }
@@ -48,17 +64,24 @@ impl VmSpec {
         }
         a.extend(["--mem".into(), self.mem_mib.to_string()]);
         a.extend(["--cpus".into(), self.cpus.to_string()]);
-        a.extend(["--serial".into(), "stdio".into()]);
+        let serial = match &self.serial {
+            Serial::Stdio => "stdio".to_string(),
+            Serial::File(p) => p.display().to_string(),
+            Serial::None => "none".to_string(),
+        };
+        a.extend(["--serial".into(), serial]);
         if let Some(c) = &self.console {
             a.extend(["--console".into(), c.display().to_string()]);
         }
+        a.extend(self.extra.iter().cloned());
         a
     }
 
     /// Runs the VMM to completion or until the timeout (then it is killed).
     pub fn run(&self) -> VmRun {
-        run_command(
+        run_command_with_stdin(
             Command::new(super::vmm_bin()).args(self.args()),
+            self.stdin.clone(),
             self.timeout,
         )
     }
@@ -95,15 +118,29 @@ fn drain<R: Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHandle<Vec<
     })
 }
 
-/// Runs `cmd` with stdout/stderr captured, killing it after `timeout`.
+/// Runs `cmd` with stdout/stderr captured (stdin /dev/null), killing it after `timeout`.
 pub fn run_command(cmd: &mut Command, timeout: Duration) -> VmRun {
+    run_command_with_stdin(cmd, None, timeout)
+}
+
+/// Runs `cmd` with stdout/stderr captured and `stdin` fed (then closed), killing it
+/// after `timeout`.
+pub fn run_command_with_stdin(
+    cmd: &mut Command,
+    stdin: Option<Vec<u8>>,
+    timeout: Duration,
+) -> VmRun {
     let args = std::iter::once(cmd.get_program())
         .chain(cmd.get_args())
         .map(|s| s.to_string_lossy().into_owned())
         .collect();
     let start = Instant::now();
     let child = cmd
-        .stdin(Stdio::null())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -111,6 +148,12 @@ pub fn run_command(cmd: &mut Command, timeout: Duration) -> VmRun {
     let mut guard = ChildGuard(child);
     let out = drain(guard.0.stdout.take());
     let err = drain(guard.0.stderr.take());
+    if let (Some(data), Some(mut pipe)) = (stdin, guard.0.stdin.take()) {
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = pipe.write_all(&data);
+        });
+    }
     let mut timed_out = false;
     let status = loop {
         match guard.0.try_wait() {
