@@ -251,6 +251,21 @@ fn stop_vm(inst: &Instance, running: &mut Running, force: bool) {
     running.qemu.kill();
 }
 
+/// Whether the guest's last words on the console were a reboot (not a power-off or a crash).
+fn guest_rebooted(inst: &Instance) -> bool {
+    let text = std::fs::read(inst.log("console")).unwrap_or_default();
+    let tail = &text[text.len().saturating_sub(4096)..];
+    let tail = String::from_utf8_lossy(tail);
+    match (
+        tail.rfind("reboot: Restarting system"),
+        tail.rfind("reboot: Power down"),
+    ) {
+        (Some(r), Some(p)) => r > p,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
 /// Runs the supervisor in the current (already detached) process until the VM stops.
 pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
     inst.create_dirs()?;
@@ -348,11 +363,44 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
     }
     log::info!("running; Docker socket at {}", inst.docker_sock().display());
 
-    // Wait for a stop request or the VM's own end.
+    // Wait for a stop request or the VM's own end; a guest reboot restarts the VM (QEMU runs
+    // with -no-reboot, so a reboot ends its process) while the sockets stay served.
     let force = loop {
         if let Some(status) = running.qemu.try_exit() {
-            log::warn!("the VM exited on its own ({status})");
-            break None;
+            if !guest_rebooted(inst) {
+                log::warn!("the VM exited on its own ({status})");
+                break None;
+            }
+            log::info!("the guest rebooted; starting it again");
+            {
+                let mut s = state.blocking_lock();
+                s.phase = "starting".into();
+                s.message = "guest rebooted; starting it again".into();
+            }
+            drop(running);
+            let restarted = start_vm(inst, &cfg, &assets, &state).and_then(|mut r| {
+                wait_ready(inst, &mut r.qemu, &state)?;
+                Ok(r)
+            });
+            match restarted {
+                Ok(r) => {
+                    running = r;
+                    let mut s = state.blocking_lock();
+                    s.phase = "running".into();
+                    s.message = "Docker is ready".into();
+                    continue;
+                }
+                Err(e) => {
+                    fail(&state, &e);
+                    for t in tasks {
+                        t.abort();
+                    }
+                    control.abort();
+                    publisher.abort();
+                    inst.clean_stale();
+                    return Err(e);
+                }
+            }
         }
         if let Some(force) = *stop_rx.borrow_and_update() {
             break Some(force);
