@@ -1,0 +1,433 @@
+//! The vhost-user-vsock backend (`vmm-vsock-backend`) under QEMU with real Linux guests:
+//! - Debian's cloud kernel + a busybox initramfs with `vsock-util` (built by
+//!   `vsock_qemu/build-guest.sh`): streams both ways, credit flow with bulk data, half-close,
+//!   RST both ways, concurrent connections, a client killed mid-stream;
+//! - the project's kernel + root image (guest agent, dockerd) when they are in the cache:
+//!   the agent's control port and `docker version` through `CONNECT 2375`.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::Shutdown;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::vm::ChildGuard;
+use common::{pseudo_random, run_seed, skip};
+
+const GUEST_CID: u32 = 3;
+
+fn backend_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_vmm-vsock-backend")
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Builds (or finds in the cache) the busybox + vsock-util guest.
+fn vsock_guest_assets() -> Result<PathBuf, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vsock_qemu/build-guest.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("cannot run build-guest.sh: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "build-guest.sh failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+/// The backend and QEMU for one test, killed on drop.
+struct Vm {
+    _qemu: ChildGuard,
+    _backend: ChildGuard,
+    serial: PathBuf,
+    uds: PathBuf,
+}
+
+impl Vm {
+    /// Starts the backend on `dir/vhost.sock` (hybrid socket `dir/v.sock`) and QEMU with
+    /// `qemu_args` plus shared memory and the vsock device (`device` names its model).
+    fn start(dir: &Path, mem_mib: u32, device: &str, qemu_args: &[String]) -> Vm {
+        let vhost = dir.join("vhost.sock");
+        let uds = dir.join("v.sock");
+        let backend = Command::new(backend_bin())
+            .arg("--socket")
+            .arg(&vhost)
+            .arg("--uds-path")
+            .arg(&uds)
+            .args(["--guest-cid", &GUEST_CID.to_string(), "--once"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn vmm-vsock-backend");
+        let backend = ChildGuard(backend);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !vhost.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "vhost-user socket did not appear"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let serial = dir.join("serial.log");
+        let qemu = Command::new("qemu-system-x86_64")
+            .args(qemu_args)
+            .args(["-m", &format!("{mem_mib}M")])
+            .arg("-object")
+            .arg(format!(
+                "memory-backend-memfd,id=mem,size={mem_mib}M,share=on"
+            ))
+            .arg("-chardev")
+            .arg(format!("socket,id=vsock,path={}", vhost.display()))
+            .arg("-device")
+            // No guest-cid property: QEMU reads the CID from the backend's config space.
+            .arg(format!("{device},chardev=vsock"))
+            .args(["-nographic", "-no-reboot", "-nodefaults", "-serial"])
+            .arg(format!("file:{}", serial.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn qemu");
+        Vm {
+            _qemu: ChildGuard(qemu),
+            _backend: backend,
+            serial,
+            uds,
+        }
+    }
+
+    fn console(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.serial).unwrap_or_default()).into_owned()
+    }
+
+    /// Waits until the console shows `needle`; panics with the console after `limit`.
+    fn wait_console(&self, needle: &str, limit: Duration) {
+        let end = Instant::now() + limit;
+        while !self.console().contains(needle) {
+            assert!(
+                Instant::now() < end,
+                "no {needle:?} on the console within {limit:?}:\n{}",
+                self.console()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The rest of the console line after `prefix`.
+    fn console_value(&self, prefix: &str) -> String {
+        let c = self.console();
+        c.lines()
+            // The firmware's escape sequences may precede the first line.
+            .find_map(|l| {
+                l.trim_end_matches('\r')
+                    .split_once(prefix)
+                    .map(|(_, v)| v.to_string())
+            })
+            .unwrap_or_else(|| panic!("no {prefix:?} line:\n{c}"))
+    }
+
+    /// `CONNECT port` on the hybrid socket; Ok(stream) after `OK`, Err(what came) otherwise.
+    fn connect(&self, port: u32) -> Result<UnixStream, String> {
+        hybrid_connect(&self.uds, port)
+    }
+}
+
+/// `CONNECT port` on `uds`; Ok(stream) once `OK <n>` came back.
+fn hybrid_connect(uds: &Path, port: u32) -> Result<UnixStream, String> {
+    let mut s = UnixStream::connect(uds).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return Err(format!("closed after {:?}", String::from_utf8_lossy(&line))),
+            Ok(_) if b[0] == b'\n' => break,
+            Ok(_) => line.push(b[0]),
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+    let line = String::from_utf8_lossy(&line).into_owned();
+    match line.strip_prefix("OK ").and_then(|p| p.parse::<u32>().ok()) {
+        Some(_) => Ok(s),
+        None => Err(format!("bad answer {line:?}")),
+    }
+}
+
+/// Sends `data` on one thread and reads as many bytes back on this one.
+fn echo_roundtrip(s: UnixStream, data: Vec<u8>) -> Vec<u8> {
+    let mut w = s.try_clone().expect("clone stream");
+    let len = data.len();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&data).expect("send to the guest");
+        data
+    });
+    let mut back = vec![0u8; len];
+    let mut r = s;
+    r.read_exact(&mut back).expect("read the echo");
+    let sent = writer.join().expect("writer thread");
+    assert_eq!(sent.len(), back.len());
+    back
+}
+
+/// Whether QEMU and the backend can run; prints the skip line when not.
+fn qemu_ready() -> bool {
+    if !have("qemu-system-x86_64") {
+        skip("qemu-system-x86_64 is not installed (Debian package qemu-system-x86)");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn test_vsock_vhost_user_linux_guest_streams_credit_halfclose_and_rst() {
+    if !qemu_ready() {
+        return;
+    }
+    let assets = match vsock_guest_assets() {
+        Ok(a) => a,
+        Err(e) => return skip(&format!("cannot build the vsock test guest: {e}")),
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = format!("t{:x}", run_seed());
+    // The host service the guest connects to: read to EOF, answer "echo:<data>", close.
+    let listener = UnixListener::bind(dir.path().join("v.sock_5000")).expect("bind");
+    let host_service = std::thread::spawn(move || -> String {
+        let (mut s, _) = listener.accept().expect("accept the guest");
+        s.set_read_timeout(Some(Duration::from_secs(120))).ok();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).expect("read the guest's message");
+        s.write_all(b"echo:").and_then(|()| s.write_all(&got)).ok();
+        String::from_utf8_lossy(&got).into_owned()
+    });
+    let args: Vec<String> = [
+        "-accel",
+        "tcg",
+        "-smp",
+        "1",
+        "-numa",
+        "node,memdev=mem",
+        "-kernel",
+        &assets.join("vmlinuz").display().to_string(),
+        "-initrd",
+        &assets.join("initramfs.cpio.gz").display().to_string(),
+        "-append",
+        &format!("console=ttyS0 quiet panic=-1 vsock_token={token}"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let vm = Vm::start(dir.path(), 256, "vhost-user-vsock-pci", &args);
+    vm.wait_console("GUEST-READY", Duration::from_secs(120));
+
+    // Guest → host: the message reached <socket>_5000 and the answer came back.
+    assert_eq!(
+        host_service.join().expect("host service"),
+        format!("guest-hello {token}")
+    );
+    assert_eq!(
+        vm.console_value("GUEST-CONNECT "),
+        format!("echo:guest-hello {token}")
+    );
+    // Guest → host port without a listener: the guest's connect is reset.
+    assert_eq!(vm.console_value("GUEST-REFUSED "), "ERR ECONNRESET");
+
+    // Host → guest port nobody listens on: closed without OK.
+    let refused = vm.connect(4444);
+    assert!(refused.is_err(), "CONNECT 4444 was accepted");
+
+    // 1 MiB echo: four times the credit either side advertises, so credit updates must flow.
+    let data = pseudo_random(run_seed(), 1 << 20);
+    let s = vm.connect(1234).expect("CONNECT 1234 (echo)");
+    let back = echo_roundtrip(s, data.clone());
+    assert!(back == data, "echo differs");
+
+    // Half-close host → guest: the sink sees EOF and can still answer.
+    let mut s = vm.connect(1235).expect("CONNECT 1235 (sink)");
+    let bulk = vec![0x5au8; 3 << 20];
+    s.write_all(&bulk).expect("send bulk");
+    s.shutdown(Shutdown::Write).expect("shutdown write");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("sink's count");
+    assert_eq!(answer.trim(), (3u32 << 20).to_string());
+
+    // Guest → host bulk, then the guest closes: every byte arrives before EOF.
+    let mut s = vm.connect(1236).expect("CONNECT 1236 (source)");
+    s.write_all(b"2000000\n").expect("ask for bytes");
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).expect("read the source");
+    assert_eq!(got.len(), 2_000_000);
+    assert!(got.iter().all(|&b| b == b'x'));
+
+    // A client killed mid-stream leaves the device healthy.
+    let mut s = vm.connect(1234).expect("CONNECT 1234");
+    s.write_all(&[1u8; 200_000]).expect("partial send");
+    drop(s);
+
+    // 32 concurrent connections, each its own echo.
+    let uds = vm.uds.clone();
+    let workers: Vec<_> = (0..32u64)
+        .map(|i| {
+            let uds = uds.clone();
+            std::thread::spawn(move || {
+                let s = hybrid_connect(&uds, 1234).expect("concurrent CONNECT");
+                let data = pseudo_random(i + 1, 20_000);
+                assert!(echo_roundtrip(s, data.clone()) == data, "echo {i} differs");
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("concurrent echo");
+    }
+}
+
+/// The newest file named `name` under `~/.cache/vmctl/<kind>/*/`.
+fn cached_asset(kind: &str, name: &str) -> Option<PathBuf> {
+    let base = std::env::var_os("VMCTL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/vmctl")
+        });
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(base.join(kind))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join(name))
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+        .collect();
+    found.sort();
+    found.pop().map(|(_, p)| p)
+}
+
+/// Relays each connection on `listen` to guest port `port` through the hybrid socket, as the
+/// supervisor's Docker socket does (the test's own small copy of it).
+fn spawn_relay(listen: UnixListener, uds: PathBuf, port: u32) {
+    std::thread::spawn(move || {
+        for client in listen.incoming() {
+            let Ok(client) = client else { return };
+            let uds = uds.clone();
+            std::thread::spawn(move || {
+                let Ok(guest) = hybrid_connect(&uds, port) else {
+                    return;
+                };
+                let _ = guest.set_read_timeout(None);
+                let (mut c2, mut g2) = match (client.try_clone(), guest.try_clone()) {
+                    (Ok(c), Ok(g)) => (c, g),
+                    _ => return,
+                };
+                let up = std::thread::spawn(move || {
+                    let mut c = client;
+                    let mut g = guest;
+                    let _ = std::io::copy(&mut c, &mut g);
+                    let _ = g.shutdown(Shutdown::Write);
+                });
+                let _ = std::io::copy(&mut g2, &mut c2);
+                let _ = c2.shutdown(Shutdown::Write);
+                let _ = up.join();
+            });
+        }
+    });
+}
+
+#[test]
+fn test_vsock_vhost_user_agent_control_and_docker_version() {
+    if !qemu_ready() {
+        return;
+    }
+    let Some(kernel) = cached_asset("kernel", "bzImage") else {
+        return skip("no project kernel in ~/.cache/vmctl/kernel/*/bzImage (build it with `vmctl image build`)");
+    };
+    let Some(rootfs) = cached_asset("rootfs", "rootfs.squashfs") else {
+        return skip("no root image in ~/.cache/vmctl/rootfs/*/rootfs.squashfs (build it with `vmctl image build`)");
+    };
+    if !have("docker") {
+        return skip("the docker CLI is not installed");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let args: Vec<String> = [
+        "-M",
+        "microvm,x-option-roms=off,rtc=on,acpi=on,memory-backend=mem",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+        "-smp",
+        "2",
+        "-kernel",
+        &kernel.display().to_string(),
+        "-append",
+        "console=ttyS0 root=/dev/vda rootfstype=squashfs ro init=/sbin/init panic=-1 loglevel=4 8250.nr_uarts=1",
+        "-drive",
+        &format!("id=root,file={},format=raw,if=none,readonly=on", rootfs.display()),
+        "-device",
+        "virtio-blk-device,drive=root",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let vm = Vm::start(dir.path(), 1024, "vhost-user-vsock-device", &args);
+
+    // The agent's control port answers Hello through the backend (retry while it boots).
+    let end = Instant::now() + Duration::from_secs(120);
+    let hello = loop {
+        if let Ok(s) = vm.connect(1024) {
+            let mut w = s.try_clone().expect("clone");
+            if w.write_all(b"{\"type\":\"hello\",\"version\":1}\n").is_ok() {
+                let mut line = String::new();
+                if BufReader::new(s).read_line(&mut line).is_ok() && !line.is_empty() {
+                    break line;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < end,
+            "the agent's control port did not answer:\n{}",
+            vm.console()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(hello.contains("\"hello\""), "control answer {hello:?}");
+
+    // `docker version` through CONNECT 2375, relayed by a unix socket like the supervisor's.
+    let docker_sock = dir.path().join("docker.sock");
+    spawn_relay(
+        UnixListener::bind(&docker_sock).expect("bind docker.sock"),
+        vm.uds.clone(),
+        2375,
+    );
+    let end = Instant::now() + Duration::from_secs(120);
+    loop {
+        let out = Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}", docker_sock.display()))
+            .args(["version", "--format", "{{.Server.Version}}"])
+            .output()
+            .expect("run docker");
+        let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if out.status.success() && !version.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "docker version did not answer: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            vm.console()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
