@@ -57,3 +57,20 @@ fn test_irq_second_disk_routed_to_its_own_gsi() {
         run.dump()
     );
 }
+
+#[test]
+fn test_irq_event_idx_suppresses_until_used_event() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = dir.path().join("evidx.img");
+    std::fs::write(&disk, vec![0u8; 64 << 10]).expect("disk");
+    let mut spec = VmSpec::guest(&guest_elf(), "irq_evidx");
+    spec.disks = vec![disk.display().to_string()];
+    let run = spec.run();
+    run.assert_guest_passed();
+    // The VMM offers VIRTIO_RING_F_EVENT_IDX, so the guest must not have skipped.
+    let l = run.ok("irq.evidx");
+    assert_eq!(l.get("irqs_suppressed"), "0", "{}", run.dump());
+}

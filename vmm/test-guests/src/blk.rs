@@ -46,7 +46,12 @@ pub struct Blk {
 
 impl Blk {
     pub fn init(mmio: Mmio) -> Result<Blk, &'static str> {
-        let (offered, features) = mmio.negotiate(WANTED | F_VERSION_1)?;
+        Blk::init_with(mmio, 0)
+    }
+
+    /// `init`, also accepting the `extra` feature bits when offered.
+    pub fn init_with(mmio: Mmio, extra: u64) -> Result<Blk, &'static str> {
+        let (offered, features) = mmio.negotiate(WANTED | F_VERSION_1 | extra)?;
         let q = mmio.setup_queue(0)?;
         mmio.driver_ok();
         let capacity = u64::from(mmio.r32(0x100)) | (u64::from(mmio.r32(0x104)) << 32);

@@ -56,3 +56,71 @@ pub fn test_irq(n: usize, dev: MmioDev, r: &mut Report) {
         ),
     );
 }
+
+/// VIRTIO_RING_F_EVENT_IDX.
+const F_EVENT_IDX: u64 = 1 << 29;
+/// About 300 ms of LAPIC timer (1 GHz bus / 16).
+const SHORT_WATCH: u32 = 18_750_000;
+
+/// One read of sector 0; waits for the device interrupt or the watchdog. Returns
+/// (interrupts seen, request completed).
+fn read_and_wait(b: &mut Blk, watch: u32) -> (u32, bool) {
+    DEVICE_IRQS.store(0, Ordering::SeqCst);
+    watchdog_arm(watch);
+    b.header(T_IN, 0);
+    b.q.submit(&[
+        (b.meta, 16, false),
+        (b.data, 512, true),
+        (b.meta + 0x10, 1, true),
+    ]);
+    while DEVICE_IRQS.load(Ordering::SeqCst) == 0 && WATCHDOG_FIRED.load(Ordering::SeqCst) == 0 {
+        wait_for_interrupt();
+    }
+    watchdog_disarm();
+    // Give a late interrupt no chance to count for the next step.
+    let used = b.q.wait_used(1000).is_some();
+    (
+        DEVICE_IRQS.load(Ordering::SeqCst),
+        used && b.status() == S_OK,
+    )
+}
+
+/// `irq_evidx`: with VIRTIO_RING_F_EVENT_IDX the device interrupts only when the used
+/// index passes the driver's `used_event`.
+pub fn test_irq_evidx(n: usize, dev: MmioDev, r: &mut Report) {
+    if lapic_enable().is_none() {
+        return r.fail("irq.evidx", format_args!("cannot map the local APIC"));
+    }
+    if let Err(e) = ioapic_route(dev.irq, VEC_DEVICE) {
+        return r.fail("irq.evidx", format_args!("dev={n} irq={} {e}", dev.irq));
+    }
+    let mut b = match Blk::init_with(Mmio { base: dev.addr }, F_EVENT_IDX) {
+        Ok(b) => b,
+        Err(e) => return r.fail("irq.evidx", format_args!("dev={n} blk init: {e}")),
+    };
+    if !b.has(F_EVENT_IDX) {
+        return r.skip(
+            "irq.evidx",
+            format_args!("dev={n} VIRTIO_RING_F_EVENT_IDX not offered"),
+        );
+    }
+    DEVICE_BASE.store(dev.addr, Ordering::SeqCst);
+    let used_event = b.q.avail + 4 + 2 * u64::from(b.q.size);
+    // used_event = 0: the first completion (used idx 0 -> 1) must interrupt.
+    crate::io::wr::<u16>(used_event, 0);
+    let (first, ok1) = read_and_wait(&mut b, WATCHDOG_COUNT);
+    // used_event = 100: completion 1 -> 2 must not.
+    crate::io::wr::<u16>(used_event, 100);
+    let (second, ok2) = read_and_wait(&mut b, SHORT_WATCH);
+    // used_event = 2: completion 2 -> 3 passes it and must interrupt again.
+    crate::io::wr::<u16>(used_event, 2);
+    let (third, ok3) = read_and_wait(&mut b, WATCHDOG_COUNT);
+    r.check(
+        "irq.evidx",
+        first >= 1 && second == 0 && third >= 1 && ok1 && ok2 && ok3,
+        format_args!(
+            "dev={n} irqs_at_event0={first} irqs_suppressed={second} irqs_at_event2={third} completed={}",
+            (ok1 && ok2 && ok3) as u8
+        ),
+    );
+}

@@ -76,7 +76,7 @@ extern "C" fn guest_main(zero_page: u64) -> ! {
             );
         }
     }
-    for name in ["rng", "console", "irq"] {
+    for name in ["rng", "console", "irq", "irq_evidx"] {
         if !info.wants(name) {
             continue;
         }
@@ -89,7 +89,8 @@ extern "C" fn guest_main(zero_page: u64) -> ! {
             Some(i) => match name {
                 "rng" => devices::test_rng(mmio(i), &mut r),
                 "console" => devices::test_console(mmio(i), &mut r),
-                _ => irq::test_irq(i, info.devs[i], &mut r),
+                "irq" => irq::test_irq(i, info.devs[i], &mut r),
+                _ => irq::test_irq_evidx(i, info.devs[i], &mut r),
             },
             None => r.fail(name, format_args!("no virtio device with id {id}")),
         }
