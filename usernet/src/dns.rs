@@ -125,6 +125,55 @@ pub fn servfail(query: &[u8]) -> Option<Vec<u8>> {
     Some(reply)
 }
 
+/// Names the forwarder answers itself with the gateway address, as Docker Desktop does, so
+/// containers reach the host's loopback by name.
+pub const GATEWAY_NAMES: [&str; 3] = [
+    "host.docker.internal",
+    "gateway.docker.internal",
+    "host.containers.internal",
+];
+
+/// An answer to `query` when it asks for one of [`GATEWAY_NAMES`]: an A record with
+/// `gateway` for type A, and an empty NOERROR answer for other types (AAAA), so resolvers do
+/// not wait for the host's DNS. `None` for every other query, which is forwarded.
+pub fn local_answer(query: &[u8], gateway: std::net::Ipv4Addr) -> Option<Vec<u8>> {
+    if query.len() < 12 || query[2] & 0x80 != 0 || query[4..6] != [0, 1] {
+        return None;
+    }
+    let end = question_end(query)?;
+    let mut name = String::new();
+    let mut i = 12;
+    while query[i] != 0 {
+        let len = usize::from(query[i]);
+        if !name.is_empty() {
+            name.push('.');
+        }
+        name.push_str(&String::from_utf8_lossy(&query[i + 1..i + 1 + len]).to_ascii_lowercase());
+        i += 1 + len;
+    }
+    if !GATEWAY_NAMES.contains(&name.trim_end_matches('.')) {
+        return None;
+    }
+    let qtype = u16::from_be_bytes([query[end - 4], query[end - 3]]);
+    let mut reply = query[..end].to_vec();
+    // QR=1, AA=1, keep opcode and RD; RA=1, NOERROR; one question, maybe one answer.
+    reply[2] = 0x84 | (query[2] & 0x79);
+    reply[3] = 0x80;
+    reply[8..12].fill(0);
+    if qtype == 1 {
+        reply[6..8].copy_from_slice(&1u16.to_be_bytes());
+        reply.extend_from_slice(&[0xc0, 0x0c]); // name: pointer to the question
+        reply.extend_from_slice(&1u16.to_be_bytes()); // A
+        reply.extend_from_slice(&1u16.to_be_bytes()); // IN
+        reply.extend_from_slice(&60u32.to_be_bytes()); // TTL
+        reply.extend_from_slice(&4u16.to_be_bytes());
+        reply.extend_from_slice(&gateway.octets());
+    } else {
+        reply[6..8].fill(0);
+    }
+    Some(reply)
+}
+
 /// End offset of the first question (QNAME labels + QTYPE + QCLASS).
 fn question_end(msg: &[u8]) -> Option<usize> {
     let mut i = 12;
@@ -146,6 +195,35 @@ fn question_end(msg: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn query(name: &str, qtype: u16) -> Vec<u8> {
+        let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in name.split('.') {
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+        }
+        q.push(0);
+        q.extend_from_slice(&qtype.to_be_bytes());
+        q.extend_from_slice(&1u16.to_be_bytes());
+        q
+    }
+
+    #[test]
+    fn test_local_answer_host_docker_internal_a_record() {
+        let gw = std::net::Ipv4Addr::new(10, 0, 2, 2);
+        let r = local_answer(&query("Host.Docker.Internal", 1), gw).unwrap();
+        assert_eq!(&r[0..2], &[0x12, 0x34]);
+        assert_eq!(r[3] & 0x0f, 0, "NOERROR");
+        assert_eq!(&r[6..8], &[0, 1], "one answer");
+        assert_eq!(&r[r.len() - 4..], &[10, 0, 2, 2]);
+        let aaaa = local_answer(&query("host.docker.internal", 28), gw).unwrap();
+        assert_eq!(&aaaa[6..8], &[0, 0], "no AAAA answer, but an answer");
+        assert!(local_answer(&query("example.com", 1), gw).is_none());
+        assert!(local_answer(&[0u8; 5], gw).is_none());
+        let mut truncated = query("host.docker.internal", 1);
+        truncated.truncate(20);
+        assert!(local_answer(&truncated, gw).is_none());
+    }
 
     #[test]
     fn test_parse_resolv_conf_ipv4_only() {

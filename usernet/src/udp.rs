@@ -12,7 +12,7 @@ use mio::net::UdpSocket;
 use mio::{Interest, Registry, Token};
 use smoltcp::wire::{IpAddress, Ipv4Packet, UdpPacket};
 
-use crate::dns::{servfail, Resolvers};
+use crate::dns::{local_answer, servfail, Resolvers};
 use crate::wire::udp_frame;
 use crate::{dhcp, Core, KIND_UDP};
 
@@ -88,6 +88,11 @@ impl UdpNat {
             return false;
         }
         let is_dns = *remote.ip() == core.config.dns_ip && remote.port() == 53;
+        if is_dns {
+            if let Some(answer) = local_answer(payload, core.config.gateway_ip) {
+                return self.reply_dns(core, guest, remote, &answer);
+            }
+        }
         let target = if is_dns {
             dns.refresh(Instant::now());
             match dns.current() {
@@ -169,11 +174,22 @@ impl UdpNat {
         let Some(reply) = servfail(query) else {
             return false;
         };
+        self.reply_dns(core, guest, remote, &reply)
+    }
+
+    /// Sends a DNS answer of our own to the guest.
+    fn reply_dns(
+        &mut self,
+        core: &mut Core,
+        guest: SocketAddrV4,
+        remote: SocketAddrV4,
+        reply: &[u8],
+    ) -> bool {
         match udp_frame(
             core.link(),
             (*remote.ip(), remote.port()),
             (*guest.ip(), guest.port()),
-            &reply,
+            reply,
             core.config.mtu,
         ) {
             Some(f) => core.device.push_tx(f),
