@@ -265,9 +265,9 @@ impl Muxer {
         }
         let mut path = self.uds_path.clone().into_os_string();
         path.push(format!("_{}", h.dst_port));
-        // A unix-socket connect completes at once or fails (it blocks only if the listener's
-        // backlog is full, which a host service that listens at all keeps short).
-        match UnixStream::connect(&path).and_then(|s| s.set_nonblocking(true).map(|()| s)) {
+        // Non-blocking: a host service whose backlog is full refuses (EAGAIN) instead of
+        // stalling the device thread.
+        match connect_nonblocking(Path::new(&path)) {
             Ok(stream) => {
                 let conn = Conn::guest_initiated(stream, h, self.guest_cid);
                 self.register_conn(conn);
@@ -460,6 +460,14 @@ impl Muxer {
     }
 }
 
+/// Connects a non-blocking unix stream socket to `path`; fails instead of waiting.
+fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let sock = Socket::new(Domain::UNIX, Type::STREAM.nonblocking().cloexec(), None)?;
+    sock.connect(&SockAddr::unix(path)?)?;
+    Ok(UnixStream::from(std::os::fd::OwnedFd::from(sock)))
+}
+
 /// Parses `CONNECT <port>` (a trailing `\r` is allowed).
 fn parse_connect(line: &[u8]) -> Option<u32> {
     let s = std::str::from_utf8(line).ok()?.trim_end_matches('\r');
@@ -594,6 +602,23 @@ mod tests {
         assert_eq!((h.op, h.flags), (OP_SHUTDOWN, SHUTDOWN_BOTH));
         m.send_from_guest(&guest(OP_RST, 1001, 8), &[]);
         assert_eq!(m.conn_count(), 0);
+    }
+
+    #[test]
+    fn test_guest_connect_to_full_backlog_is_refused_not_blocked() {
+        let d = tempfile::tempdir().unwrap();
+        let mut m = muxer(d.path());
+        let _l = UnixListener::bind(d.path().join("v.sock_9")).unwrap(); // never accepts
+        let start = std::time::Instant::now();
+        let mut rst = 0;
+        for i in 0..2000 {
+            m.send_from_guest(&guest(OP_REQUEST, i, 9), &[]);
+            while let Some((h, _)) = rx(&mut m) {
+                rst += usize::from(h.op == OP_RST);
+            }
+        }
+        assert!(rst > 0, "a full backlog must refuse");
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]
