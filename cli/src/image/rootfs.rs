@@ -15,7 +15,7 @@ use std::time::Instant;
 use super::{cache_dir, io_err, mirror, run_logged, sha256_hex, write_file, ImageError, Progress};
 
 /// Bump when the recipe below changes, so cached images are rebuilt.
-const RECIPE_VERSION: &str = "vmctl-rootfs-1";
+const RECIPE_VERSION: &str = "vmctl-rootfs-2";
 /// Debian suite of the image.
 pub const SUITE: &str = "bookworm";
 /// Packages added to the minbase variant.
@@ -42,6 +42,11 @@ const TRIM: &[&str] = &[
     "usr/share/fish",
     "usr/share/bug",
     "usr/share/common-licenses",
+    // libnetwork's test/debug tools and containerd's v1 shims: dockerd 20.10 uses none.
+    "usr/bin/dnet",
+    "usr/sbin/ovrouter",
+    "usr/bin/containerd-shim",
+    "usr/bin/containerd-shim-runc-v1",
     "var/lib/apt/lists",
     "var/cache/apt",
     "var/cache/debconf/config.dat-old",

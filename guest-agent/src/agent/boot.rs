@@ -10,6 +10,9 @@ use super::{bridge, mounts, net, reaper, server, services, shutdown, sys};
 
 /// Boot the guest. Never returns.
 pub fn run() -> ! {
+    // The kernel starts init without PATH; every tool the agent runs is found through it.
+    // Set before any thread exists.
+    std::env::set_var("PATH", super::services::PATH);
     // Signals are taken synchronously by this thread's sigwaitinfo loop below; every
     // thread spawned from here on inherits the blocked mask.
     if let Err(e) = sys::block_all_signals() {

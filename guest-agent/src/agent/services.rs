@@ -14,7 +14,7 @@ use super::log::{self, info};
 use super::reaper;
 
 const CONTAINERD_SOCK: &str = "/run/containerd/containerd.sock";
-const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 pub static CONTAINERD_PID: AtomicI32 = AtomicI32::new(0);
 pub static DOCKERD_PID: AtomicI32 = AtomicI32::new(0);
