@@ -5,12 +5,15 @@
 #                                          are not built on x86_64 hosts)
 # Prints progress on stderr and, last on stdout, the cache directory holding
 # `bzImage` and `.config`. Idempotent: when ~/.cache/vmctl/kernel/<hash>/bzImage exists
-# it is reused without building. The hash covers this script, the fragments and the
-# source tarball, so changing any of them gives a new kernel.
+# it is reused without building. The hash covers the fragments, the source tarball and
+# RECIPE below (bump it when the build steps change what is produced), so changing any
+# of them gives a new kernel; editing comments or progress output does not.
+# Concurrent runs are serialised by a lock in the cache directory.
 #
 # Written as a script rather than Rust because it is a straight sequence of the kernel's
 # own make targets; `vmctl image build` calls it and parses the last line.
 set -euo pipefail
+RECIPE=1
 
 arch="${1:-x86_64}"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -31,11 +34,13 @@ fragments=("$here/common/base.config" "$here/$arch/guest.config")
 # not stable across installs, so its content hash), fragments and this script.
 tar_sum_file="$cache_root/.tarsum-$(basename "$src_tar")-$(stat -c %s "$src_tar")"
 mkdir -p "$cache_root"
+exec 9>"$cache_root/.build.lock"
+flock 9
 if [ ! -s "$tar_sum_file" ]; then
   log "hashing $src_tar"
   sha256sum "$src_tar" | cut -d' ' -f1 > "$tar_sum_file.tmp" && mv "$tar_sum_file.tmp" "$tar_sum_file"
 fi
-hash="$( { echo "$arch"; cat "$tar_sum_file"; cat "${fragments[@]}" "$here/build-kernel.sh"; } | sha256sum | cut -c1-16)"
+hash="$( { echo "recipe $RECIPE $arch"; cat "$tar_sum_file"; cat "${fragments[@]}"; } | sha256sum | cut -c1-16)"
 out="$cache_root/$hash"
 
 if [ -s "$out/bzImage" ] && [ -s "$out/.config" ]; then
