@@ -5,12 +5,14 @@
 use crate::blk::{Blk, S_OK, TIMEOUT, T_IN};
 use crate::io::{rd, wr};
 use crate::report::Report;
-use crate::virtio::{self, Mmio, D_INDIRECT, D_NEXT, D_WRITE};
+use crate::virtio::{self, Mmio, Queue, D_INDIRECT, D_NEXT, D_WRITE};
 
 /// An address far outside any guest RAM.
 const OUTSIDE: u64 = 0x0000_7fff_0000_0000;
 /// How long a bad request may take before the guest gives up on it (ms).
 const BAD_MS: u64 = 1000;
+/// Notifies sent while the available index is bogus.
+const IDX_NOTIFIES: u32 = 20_000;
 
 /// Publishes a three-descriptor read whose descriptors the caller already corrupted.
 fn bad_read(b: &mut Blk, desc: &[(u64, u32, u16, u16)]) -> (bool, u8) {
@@ -110,7 +112,10 @@ pub fn run(mode: &str, mmio: Mmio, r: &mut Report) {
             b.q.set_desc(2, st, 1, D_WRITE, 0);
             let bogus = b.q.next_avail.wrapping_add(1000);
             wr::<u16>(b.q.avail + 2, bogus);
-            b.q.notify();
+            // Many notifies: a device must neither spin nor log once per notify.
+            for _ in 0..IDX_NOTIFIES {
+                b.q.notify();
+            }
             let done = b.q.wait_used(BAD_MS).is_some();
             // Put the index back so a direct retry is well-formed again.
             wr::<u16>(b.q.avail + 2, b.q.next_avail);
@@ -290,4 +295,83 @@ fn mmio_abuse(m: Mmio) {
     m.w32(virtio::R_DRV_FEATURES, 0xffff_ffff);
     m.w32(virtio::R_INT_ACK, 0xffff_ffff);
     core::hint::black_box(sink);
+}
+
+/// The hostile modes against virtio-rng (`id` 4) or virtio-console (`id` 3): queue 0 of
+/// rng or transmitq (1) of console gets the bad chain; then a good request must work,
+/// directly or after a device reset.
+pub fn run_other(mode: &str, id: u32, mmio: Mmio, r: &mut Report) {
+    let dev = if id == crate::devices::ID_RNG {
+        "rng"
+    } else {
+        "console"
+    };
+    let setup = || -> Result<(Queue, u64), &'static str> {
+        mmio.negotiate(0)?;
+        let first = mmio.setup_queue(0)?;
+        let q = if dev == "console" {
+            mmio.setup_queue(1)?
+        } else {
+            first
+        };
+        mmio.driver_ok();
+        Ok((q, crate::mem::alloc_pages(1).ok_or("out of memory")?))
+    };
+    let (mut q, buf) = match setup() {
+        Ok(x) => x,
+        Err(e) => return r.fail(mode, format_args!("{dev} init: {e}")),
+    };
+    let flags = if dev == "rng" { D_WRITE } else { 0 };
+    match mode {
+        "hostile_oob" => q.set_desc(0, OUTSIDE, 64, flags, 0),
+        "hostile_loop" => q.set_desc(0, buf, 64, flags | D_NEXT, 0),
+        "hostile_len" => q.set_desc(0, buf, 0xffff_ffff, flags, 0),
+        "hostile_idx" => q.set_desc(0, buf, 64, flags, 0),
+        _ => return r.fail(mode, format_args!("mode not supported on {dev}")),
+    }
+    if mode == "hostile_idx" {
+        wr::<u16>(q.avail + 2, q.next_avail.wrapping_add(1000));
+        for _ in 0..IDX_NOTIFIES {
+            q.notify();
+        }
+    } else {
+        q.push_avail(0);
+        q.notify();
+    }
+    let done = q.wait_used(BAD_MS).is_some();
+    if mode == "hostile_idx" {
+        wr::<u16>(q.avail + 2, q.next_avail);
+    }
+    q.last_used = rd::<u16>(q.used + 2);
+    let dev_status = mmio.status();
+    crate::io::fill(buf, b'.', 1);
+    let good = |q: &mut Queue| q.transfer(&[(buf, 16, dev == "rng")], 3000).is_some();
+    let how = if good(&mut q) {
+        "direct"
+    } else {
+        match setup() {
+            Ok((mut fresh, _)) => {
+                if good(&mut fresh) {
+                    "after_reset"
+                } else {
+                    "no"
+                }
+            }
+            Err(_) => "no",
+        }
+    };
+    let name = match mode {
+        "hostile_oob" => "hostile.oob",
+        "hostile_loop" => "hostile.loop",
+        "hostile_len" => "hostile.len",
+        _ => "hostile.idx",
+    };
+    r.check(
+        name,
+        how != "no",
+        format_args!(
+            "dev={dev} bad_completed={} device_status={dev_status:#x} recovered={how}",
+            done as u8
+        ),
+    );
 }

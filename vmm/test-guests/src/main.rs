@@ -103,9 +103,15 @@ extern "C" fn guest_main(zero_page: u64) -> ! {
     }
     for mode in HOSTILE {
         if info.wants(mode) {
-            match first(ID_BLK) {
-                Some(i) => hostile::run(mode, mmio(i), &mut r),
-                None => r.fail(mode, format_args!("no virtio-blk device")),
+            let id = match info.arg("hostile_dev") {
+                Some("rng") => ID_RNG,
+                Some("console") => ID_CONSOLE,
+                _ => ID_BLK,
+            };
+            match first(id) {
+                Some(i) if id == ID_BLK => hostile::run(mode, mmio(i), &mut r),
+                Some(i) => hostile::run_other(mode, id, mmio(i), &mut r),
+                None => r.fail(mode, format_args!("no virtio device with id {id}")),
             }
         }
     }
