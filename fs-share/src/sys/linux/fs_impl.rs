@@ -136,12 +136,20 @@ impl FileSystem for PassthroughFs {
         let mut opts = FsOptions::ASYNC_READ
             | FsOptions::BIG_WRITES
             | FsOptions::MAX_PAGES
-            | FsOptions::DO_READDIRPLUS
-            | FsOptions::READDIRPLUS_AUTO
             | FsOptions::PARALLEL_DIROPS;
+        // READDIRPLUS returns entries the client may cache; with timeout 0 (cache none) they
+        // are stale at once and every entry would be looked up twice, so it is off there.
         match self.cfg.cache {
-            CachePolicy::Auto => opts |= FsOptions::AUTO_INVAL_DATA,
-            CachePolicy::Always => opts |= FsOptions::CACHE_SYMLINKS,
+            CachePolicy::Auto => {
+                opts |= FsOptions::AUTO_INVAL_DATA
+                    | FsOptions::DO_READDIRPLUS
+                    | FsOptions::READDIRPLUS_AUTO
+            }
+            CachePolicy::Always => {
+                opts |= FsOptions::CACHE_SYMLINKS
+                    | FsOptions::DO_READDIRPLUS
+                    | FsOptions::READDIRPLUS_AUTO
+            }
             CachePolicy::None => {}
         }
         Ok(opts)
