@@ -114,6 +114,10 @@ pub struct Config {
     pub outbound: bool,
     /// Verify IPv4/TCP/UDP/ICMP checksums of guest frames (off for a trusted local TAP).
     pub verify_checksums: bool,
+    /// The transport tells the guest that checksums are valid (virtio-net
+    /// `VIRTIO_NET_HDR_F_DATA_VALID`), so TCP checksums of frames to the guest are not
+    /// computed. Only for transports that set that flag (TAP with vnet headers).
+    pub tx_checksum_offload: bool,
     /// Limits that bound memory whatever the guest sends.
     pub limits: Limits,
 }
@@ -166,6 +170,7 @@ impl Default for Config {
             forwards: Vec::new(),
             outbound: true,
             verify_checksums: true,
+            tx_checksum_offload: false,
             limits: Limits::default(),
         }
     }

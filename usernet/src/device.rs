@@ -18,12 +18,19 @@ pub struct FrameQueue {
     /// Ethernet MTU (IP MTU + 14).
     frame_mtu: usize,
     verify_checksums: bool,
+    tx_checksum_offload: bool,
 }
 
 const POOL_MAX: usize = 64;
 
 impl FrameQueue {
-    pub fn new(ip_mtu: usize, max_rx: usize, max_tx: usize, verify_checksums: bool) -> Self {
+    pub fn new(
+        ip_mtu: usize,
+        max_rx: usize,
+        max_tx: usize,
+        verify_checksums: bool,
+        tx_checksum_offload: bool,
+    ) -> Self {
         Self {
             rx: VecDeque::new(),
             tx: VecDeque::new(),
@@ -32,6 +39,7 @@ impl FrameQueue {
             max_tx,
             frame_mtu: ip_mtu + 14,
             verify_checksums,
+            tx_checksum_offload,
         }
     }
 
@@ -136,6 +144,13 @@ impl Device for FrameQueue {
             sums.tcp = Checksum::Tx;
             sums.udp = Checksum::Tx;
             sums.icmpv4 = Checksum::Tx;
+        }
+        if self.tx_checksum_offload {
+            sums.tcp = if self.verify_checksums {
+                Checksum::Rx
+            } else {
+                Checksum::None
+            };
         }
         caps.checksum = sums;
         caps

@@ -194,6 +194,7 @@ impl UserNet {
             config.limits.max_rx_frames,
             config.limits.max_tx_frames,
             config.verify_checksums,
+            config.tx_checksum_offload,
         );
         let hw = HardwareAddress::Ethernet(EthernetAddress(config.gateway_mac));
         let mut icfg = IfaceConfig::new(hw);

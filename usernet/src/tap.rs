@@ -19,6 +19,8 @@ const SIGNAL_TOKEN: Token = Token(1);
 /// Frames read from the TAP per pass before the stack gets to run.
 const READ_BATCH: usize = 128;
 const VNET_HDR_LEN: usize = 12;
+/// virtio_net_hdr.flags: checksum to be completed (CHECKSUM_PARTIAL).
+const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
 /// virtio_net_hdr.flags: checksum already verified.
 const VIRTIO_NET_HDR_F_DATA_VALID: u8 = 2;
 
@@ -70,8 +72,10 @@ pub fn setup(opts: &TapOptions, config: &Config) -> Result<(Tap, Option<PathBuf>
 pub fn run(opts: &TapOptions, mut config: Config) -> Result<(), TapError> {
     let (tap, resolver) = setup(opts, &config)?;
     if tap.vnet_hdr {
-        // The peer is the local kernel: it checksums what it sends (or marks it valid).
+        // The peer is the local kernel: what it sends is checksummed or marked partial
+        // (offloaded), and what we send is marked DATA_VALID, so neither side sums bytes.
         config.verify_checksums = false;
+        config.tx_checksum_offload = true;
     }
     let result = serve(&tap, config, ready_notice);
     if let Some(path) = resolver {
@@ -124,8 +128,50 @@ fn read_frame(
     })
 }
 
-fn write_frame(fd: RawFd, frame: &[u8], vnet: bool) -> io::Result<()> {
-    let hdr = [VIRTIO_NET_HDR_F_DATA_VALID, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+/// The virtio-net header for a frame towards the guest. TCP frames leave usernet with no
+/// checksum (see `Config::tx_checksum_offload`): they are marked NEEDS_CSUM with the
+/// pseudo-header sum seeded in, which the guest kernel accepts as CHECKSUM_PARTIAL
+/// (and completes correctly should it forward the packet).
+fn vnet_header(frame: &mut [u8]) -> [u8; VNET_HDR_LEN] {
+    let mut hdr = [0u8; VNET_HDR_LEN];
+    let is_tcp4 = frame.len() >= 14 + 20 + 20
+        && frame[12..14] == [0x08, 0x00]
+        && frame[14] >> 4 == 4
+        && frame[14 + 9] == 6;
+    if !is_tcp4 {
+        hdr[0] = VIRTIO_NET_HDR_F_DATA_VALID;
+        return hdr;
+    }
+    let ihl = usize::from(frame[14] & 0x0f) * 4;
+    let start = 14 + ihl;
+    let total = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+    let Some(tcp_len) = total.checked_sub(ihl) else {
+        return hdr;
+    };
+    if start + 18 > frame.len() {
+        return hdr;
+    }
+    let mut sum: u32 = 6 + tcp_len as u32;
+    for c in frame[26..34].chunks_exact(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    frame[start + 16..start + 18].copy_from_slice(&(sum as u16).to_be_bytes());
+    hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+    hdr[2..4].copy_from_slice(&((start + 18) as u16).to_le_bytes()); // hdr_len
+    hdr[6..8].copy_from_slice(&(start as u16).to_le_bytes()); // csum_start
+    hdr[8..10].copy_from_slice(&16u16.to_le_bytes()); // csum_offset
+    hdr
+}
+
+fn write_frame(fd: RawFd, frame: &mut [u8], vnet: bool) -> io::Result<()> {
+    let hdr = if vnet {
+        vnet_header(frame)
+    } else {
+        [0u8; VNET_HDR_LEN]
+    };
     let iov = [
         libc::iovec {
             iov_base: hdr.as_ptr() as *mut libc::c_void,
@@ -195,8 +241,8 @@ pub fn serve(tap: &Tap, config: Config, on_ready: fn(&UserNet)) -> Result<(), Ta
         for _ in 0..16 {
             net.process();
             let mut wrote = 0;
-            while let Some(frame) = net.take_frame() {
-                match write_frame(fd, &frame, vnet) {
+            while let Some(mut frame) = net.take_frame() {
+                match write_frame(fd, &mut frame, vnet) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         net.untake_frame(frame);
