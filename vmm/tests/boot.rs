@@ -324,3 +324,52 @@ fn test_vmm_missing_kernel_fails_with_one_line() {
     );
     assert!(run.serial.is_empty(), "{}", run.dump());
 }
+
+#[test]
+fn test_vmm_bad_arguments_fail_with_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("missing");
+    let bad_dir = missing.join("x");
+    let cases: Vec<Vec<String>> = vec![
+        vec!["--cpus".into(), "0".into()],
+        vec!["--cpus".into(), "255".into()],
+        vec!["--mem".into(), "0".into()],
+        vec!["--mem".into(), "99999999".into()],
+        vec!["--disk".into(), missing.display().to_string()],
+        vec!["--initrd".into(), missing.display().to_string()],
+        vec!["--console".into(), bad_dir.display().to_string()],
+        vec!["--serial".into(), bad_dir.display().to_string()],
+    ];
+    let kernel = guest_elf();
+    for extra in cases {
+        let mut cmd = std::process::Command::new(common::vmm_bin());
+        cmd.arg("--kernel")
+            .arg(&kernel)
+            .args(["--cmdline", "tests=boot"])
+            .args(&extra);
+        let run = common::vm::run_command(&mut cmd, std::time::Duration::from_secs(20));
+        run.assert_no_crash();
+        assert_ne!(
+            run.status.and_then(|s| s.code()),
+            Some(0),
+            "{extra:?}\n{}",
+            run.dump()
+        );
+        assert!(
+            run.serial.is_empty(),
+            "guest ran with {extra:?}\n{}",
+            run.dump()
+        );
+        let lines: Vec<&str> = run
+            .stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "{extra:?}: want one stderr line\n{}",
+            run.dump()
+        );
+    }
+}

@@ -55,3 +55,25 @@ fn test_smp_single_cpu_has_no_ap() {
     let ap = run.named("smp.ap");
     assert!(ap.len() == 1 && ap[0].status == "skip", "{}", run.dump());
 }
+
+#[test]
+fn test_smp_max_32_vcpus_all_start() {
+    if !require_kvm() {
+        return;
+    }
+    let mut spec = VmSpec::guest(&guest_elf(), "smp");
+    spec.cpus = 32;
+    spec.mem_mib = 64;
+    let run = spec.run();
+    run.assert_guest_passed();
+    assert_eq!(run.ok("smp.mptable").get("cpus"), "32", "{}", run.dump());
+    let ap = run.ok("smp.ap");
+    assert_eq!(ap.get("started"), "31", "{}", run.dump());
+    let mut ids: Vec<u32> = ap
+        .get("ap_ids")
+        .split(',')
+        .map(|i| i.parse().expect("apic id"))
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (1..32).collect::<Vec<u32>>(), "{}", run.dump());
+}
