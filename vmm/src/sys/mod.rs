@@ -2,7 +2,9 @@
 //! so shared code carries no scattered `cfg`s.
 //!
 //! - `event`: eventfd/epoll where they exist, a portable notifier/poller elsewhere.
+//! - `paths`: each OS's instance directory and Docker endpoint (unix socket, named pipe).
 //! - `x86_boot`: x86_64 Linux loading without linux-loader (which does not build on Windows).
 
 pub mod event;
+pub mod paths;
 pub mod x86_boot;
