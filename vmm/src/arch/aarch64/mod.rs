@@ -3,6 +3,7 @@
 //! is a pure computation over guest memory, so it builds and is unit-tested on every host; the
 //! Hypervisor.framework backend (`hv::hvf`) is what runs it.
 
+pub mod boot;
 pub mod fdt;
 pub mod image;
 pub mod layout;
