@@ -210,6 +210,10 @@ pub fn test_blk(n: usize, mmio: Mmio, r: &mut Report) {
         );
     }
 
+    if !ro {
+        sg_checks(n, &mut b, r);
+    }
+
     let id = b.meta + 0x100;
     fill(id, 0, 20);
     let st = b.request(T_GET_ID, 0, Some((id, 20, true)));
@@ -306,4 +310,68 @@ fn batch(b: &mut Blk) -> (bool, bool, bool) {
             .all(|&c| c == batch_byte(k))
     });
     (w, r, same)
+}
+
+/// virtio-blk config space: seg_max, blk_size, discard and write-zeroes limits.
+fn config_line(n: usize, b: &Blk, r: &mut Report) {
+    let c = |off: u64| b.mmio.r32(0x100 + off);
+    r.ok(
+        "blk.config",
+        format_args!(
+            "dev={n} size_max={} seg_max={} blk_size={} max_discard_sectors={} max_discard_seg={} max_write_zeroes_sectors={} max_write_zeroes_seg={}",
+            c(8), c(12), c(20), c(36), c(40), c(48), c(52)
+        ),
+    );
+}
+
+/// Scatter-gather read: 4 scattered 512-byte buffers, in reverse page order.
+fn sg_checks(n: usize, b: &mut Blk, r: &mut Report) {
+    config_line(n, b, r);
+    let Some(pages) = alloc_pages(4) else {
+        return r.fail("blk.sg", format_args!("out of memory"));
+    };
+    b.header(T_IN, 8);
+    let mut descs = [(0u64, 0u32, false); 6];
+    descs[0] = (b.meta, 16, false);
+    for k in 0..4u64 {
+        let buf = pages + 4096 * (3 - k) + 8 * k;
+        fill(buf, 0, 512);
+        descs[1 + k as usize] = (buf, 512, true);
+    }
+    descs[5] = (b.meta + 0x10, 1, true);
+    let done = b.q.transfer(&descs, REQ_MS).is_some();
+    let st = if done { b.status() } else { TIMEOUT };
+    let same = (0..4u64).all(|k| {
+        bytes(pages + 4096 * (3 - k) + 8 * k, 512)
+            .iter()
+            .all(|&c| c == batch_byte(k))
+    });
+    r.check(
+        "blk.sg",
+        st == S_OK && same,
+        format_args!("dev={n} segments=4 status={st} match={}", same as u8),
+    );
+}
+
+/// `blk_strict`: malformed requests a device must refuse: a read whose length is not a
+/// sector multiple, and a write whose only data buffer is device-writable (nothing to
+/// write: reporting OK would be silent data loss).
+pub fn test_blk_strict(n: usize, mmio: Mmio, r: &mut Report) {
+    let mut b = match Blk::init(mmio) {
+        Ok(b) => b,
+        Err(e) => return r.fail("blk.strict", format_args!("dev={n} {e}")),
+    };
+    let st = b.request(T_IN, 0, Some((b.data, 100, true)));
+    r.check(
+        "blk.partial_sector",
+        st != S_OK,
+        format_args!("dev={n} len=100 status={st} (expect an error)"),
+    );
+    fill(b.data, 0x77, 512);
+    let st = b.request(T_OUT, 20, Some((b.data, 512, true)));
+    r.check(
+        "blk.wrong_direction",
+        st != S_OK,
+        format_args!("dev={n} sector=20 status={st} (expect an error)"),
+    );
 }

@@ -76,6 +76,12 @@ extern "C" fn guest_main(zero_page: u64) -> ! {
             );
         }
     }
+    if info.wants("blk_strict") {
+        match first(ID_BLK) {
+            Some(i) => blk::test_blk_strict(i, mmio(i), &mut r),
+            None => r.fail("blk.strict", format_args!("no virtio-blk device")),
+        }
+    }
     for name in ["rng", "console", "irq", "irq_evidx"] {
         if !info.wants(name) {
             continue;
