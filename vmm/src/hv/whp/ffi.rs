@@ -1,16 +1,106 @@
-//! The Windows Hypervisor Platform calls this backend makes (WinHvPlatform.dll and
-//! WinHvEmulation.dll through the `windows` crate), as safe wrappers. Every `unsafe` call's
-//! soundness is argued here; the backend holds no `unsafe` of its own except reading the
-//! exit-context unions, which it documents where it does.
+//! The Windows Hypervisor Platform calls this backend makes, as safe wrappers. Every
+//! `unsafe` call's soundness is argued here; the backend holds no `unsafe` of its own except
+//! reading the exit-context unions, which it documents where it does.
+//!
+//! Types come from the `windows` crate; the functions are resolved at run time from
+//! WinHvPlatform.dll and WinHvEmulation.dll (`LoadLibraryExW` + `GetProcAddress`) rather than
+//! linked: those DLLs exist only when the optional "Windows Hypervisor Platform" feature is
+//! on, and a linked import would stop the whole program from starting without it, where vmctl
+//! must instead report it and fall back to the qemu engine.
 
 use std::ffi::c_void;
 use std::mem::size_of;
+use std::sync::OnceLock;
 
-use windows::core::HRESULT;
-use windows::Win32::Foundation::{E_FAIL, S_OK};
+use windows::core::{w, HRESULT, PCSTR, PCWSTR};
+use windows::Win32::Foundation::{E_FAIL, HMODULE, S_OK};
 use windows::Win32::System::Hypervisor::*;
+use windows::Win32::System::LibraryLoader::{
+    GetProcAddress, LoadLibraryExW, LOAD_LIBRARY_SEARCH_SYSTEM32,
+};
 
 use crate::hv::HvError;
+
+macro_rules! whp_api {
+    ($($dll:ident $name:ident($($arg:ty),*);)*) => {
+        /// The WHP entry points, resolved from the system DLLs.
+        #[allow(non_snake_case)]
+        struct Api {
+            $($name: unsafe extern "system" fn($($arg),*) -> HRESULT,)*
+        }
+
+        impl Api {
+            fn load() -> Result<Api, String> {
+                let platform = load_library(w!("WinHvPlatform.dll"), "WinHvPlatform.dll")?;
+                let emulation = load_library(w!("WinHvEmulation.dll"), "WinHvEmulation.dll")?;
+                let module = |dll: &str| if dll == "platform" { platform } else { emulation };
+                Ok(Api {
+                    $($name: {
+                        let name = concat!(stringify!($name), "\0");
+                        // SAFETY: the module handle is live (never freed) and `name` is a
+                        // NUL-terminated ASCII string.
+                        let p = unsafe {
+                            GetProcAddress(module(stringify!($dll)), PCSTR::from_raw(name.as_ptr()))
+                        }
+                        .ok_or_else(|| format!("{} has no {}", stringify!($dll), stringify!($name)))?;
+                        // SAFETY: `p` is the DLL's export of that name, whose prototype
+                        // (WinHvPlatform.h / WinHvEmulation.h, as the windows crate declares
+                        // it) is exactly this function pointer type.
+                        unsafe {
+                            std::mem::transmute::<
+                                unsafe extern "system" fn() -> isize,
+                                unsafe extern "system" fn($($arg),*) -> HRESULT,
+                            >(p)
+                        }
+                    },)*
+                })
+            }
+        }
+    };
+}
+
+whp_api! {
+    platform WHvGetCapability(WHV_CAPABILITY_CODE, *mut c_void, u32, *mut u32);
+    platform WHvCreatePartition(*mut WHV_PARTITION_HANDLE);
+    platform WHvSetPartitionProperty(WHV_PARTITION_HANDLE, WHV_PARTITION_PROPERTY_CODE, *const c_void, u32);
+    platform WHvSetupPartition(WHV_PARTITION_HANDLE);
+    platform WHvDeletePartition(WHV_PARTITION_HANDLE);
+    platform WHvMapGpaRange(WHV_PARTITION_HANDLE, *const c_void, u64, u64, WHV_MAP_GPA_RANGE_FLAGS);
+    platform WHvCreateVirtualProcessor(WHV_PARTITION_HANDLE, u32, u32);
+    platform WHvDeleteVirtualProcessor(WHV_PARTITION_HANDLE, u32);
+    platform WHvRunVirtualProcessor(WHV_PARTITION_HANDLE, u32, *mut c_void, u32);
+    platform WHvCancelRunVirtualProcessor(WHV_PARTITION_HANDLE, u32, u32);
+    platform WHvGetVirtualProcessorRegisters(WHV_PARTITION_HANDLE, u32, *const WHV_REGISTER_NAME, u32, *mut WHV_REGISTER_VALUE);
+    platform WHvSetVirtualProcessorRegisters(WHV_PARTITION_HANDLE, u32, *const WHV_REGISTER_NAME, u32, *const WHV_REGISTER_VALUE);
+    platform WHvRequestInterrupt(WHV_PARTITION_HANDLE, *const WHV_INTERRUPT_CONTROL, u32);
+    platform WHvTranslateGva(WHV_PARTITION_HANDLE, u32, u64, WHV_TRANSLATE_GVA_FLAGS, *mut WHV_TRANSLATE_GVA_RESULT, *mut u64);
+    emulation WHvEmulatorCreateEmulator(*const WHV_EMULATOR_CALLBACKS, *mut *mut c_void);
+    emulation WHvEmulatorTryMmioEmulation(*const c_void, *const c_void, *const WHV_VP_EXIT_CONTEXT, *const WHV_MEMORY_ACCESS_CONTEXT, *mut WHV_EMULATOR_STATUS);
+    emulation WHvEmulatorDestroyEmulator(*const c_void);
+}
+
+fn load_library(file: PCWSTR, name: &str) -> Result<HMODULE, String> {
+    // SAFETY: `file` is a static NUL-terminated wide string; searching System32 only avoids
+    // loading a planted DLL from the current directory.
+    unsafe { LoadLibraryExW(file, None, LOAD_LIBRARY_SEARCH_SYSTEM32) }
+        .map_err(|e| format!("cannot load {name}: {e}"))
+}
+
+/// The WHP functions, or why they are not there.
+fn api() -> Result<&'static Api, HvError> {
+    static API: OnceLock<Result<Api, String>> = OnceLock::new();
+    API.get_or_init(Api::load).as_ref().map_err(|why| {
+        HvError::Open {
+            path: "WinHvPlatform.dll".into(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "{why} (enable the optional Windows feature 'Windows Hypervisor Platform' and reboot)"
+                ),
+            ),
+        }
+    })
+}
 
 fn op(name: &'static str, e: windows::core::Error) -> HvError {
     HvError::op(name, std::io::Error::other(e))
@@ -25,13 +115,14 @@ pub fn hypervisor_present() -> Result<bool, HvError> {
     // SAFETY: the buffer is a live WHV_CAPABILITY of the size passed; the call writes at most
     // that many bytes.
     unsafe {
-        WHvGetCapability(
+        (api()?.WHvGetCapability)(
             WHvCapabilityCodeHypervisorPresent,
             (&mut cap as *mut WHV_CAPABILITY).cast(),
             size_of::<WHV_CAPABILITY>() as u32,
-            None,
+            std::ptr::null_mut(),
         )
     }
+    .ok()
     .map_err(|e| op("WHvGetCapability(HypervisorPresent)", e))?;
     // SAFETY: HypervisorPresent is the member the capability code above fills.
     Ok(unsafe { cap.HypervisorPresent }.as_bool())
@@ -42,13 +133,14 @@ pub fn has_local_apic_emulation() -> Result<bool, HvError> {
     let mut cap = WHV_CAPABILITY::default();
     // SAFETY: as in `hypervisor_present`.
     unsafe {
-        WHvGetCapability(
+        (api()?.WHvGetCapability)(
             WHvCapabilityCodeFeatures,
             (&mut cap as *mut WHV_CAPABILITY).cast(),
             size_of::<WHV_CAPABILITY>() as u32,
-            None,
+            std::ptr::null_mut(),
         )
     }
+    .ok()
     .map_err(|e| op("WHvGetCapability(Features)", e))?;
     // SAFETY: Features is the member the Features capability code fills.
     let bits = unsafe { cap.Features.AsUINT64 };
@@ -61,29 +153,38 @@ fn synthetic_features() -> Option<WHV_SYNTHETIC_PROCESSOR_FEATURES_BANKS> {
     let mut cap = WHV_CAPABILITY::default();
     // SAFETY: as in `hypervisor_present`.
     unsafe {
-        WHvGetCapability(
+        (api().ok()?.WHvGetCapability)(
             WHvCapabilityCodeSyntheticProcessorFeaturesBanks,
             (&mut cap as *mut WHV_CAPABILITY).cast(),
             size_of::<WHV_CAPABILITY>() as u32,
-            None,
+            std::ptr::null_mut(),
         )
     }
+    .ok()
     .ok()?;
     // SAFETY: SyntheticProcessorFeaturesBanks is the member this capability code fills.
     Some(unsafe { cap.SyntheticProcessorFeaturesBanks })
 }
 
 /// A WHP partition (a VM); deleted on drop.
-pub struct Partition(WHV_PARTITION_HANDLE);
+pub struct Partition {
+    api: &'static Api,
+    handle: WHV_PARTITION_HANDLE,
+}
 
 impl Partition {
     /// Creates and sets up a partition for up to `processors` vCPUs with WHP's local APIC
     /// emulation and every Hyper-V enlightenment the host offers (so a Linux guest learns the
     /// TSC and APIC timer frequencies from Hyper-V MSRs and needs no PIT calibration).
     pub fn create(processors: u32) -> Result<Self, HvError> {
-        // SAFETY: no inputs; returns a new handle we own (wrapped at once so Drop deletes it).
-        let p =
-            Partition(unsafe { WHvCreatePartition() }.map_err(|e| op("WHvCreatePartition", e))?);
+        let api = api()?;
+        let mut handle = WHV_PARTITION_HANDLE::default();
+        // SAFETY: the out-pointer is a live local; the new handle is wrapped at once so Drop
+        // deletes it on every later error.
+        unsafe { (api.WHvCreatePartition)(&mut handle) }
+            .ok()
+            .map_err(|e| op("WHvCreatePartition", e))?;
+        let p = Partition { api, handle };
         p.set_property(
             WHvPartitionPropertyCodeProcessorCount,
             &processors,
@@ -102,7 +203,9 @@ impl Partition {
             )?;
         }
         // SAFETY: the handle is live; properties are set, as setup requires.
-        unsafe { WHvSetupPartition(p.0) }.map_err(|e| op("WHvSetupPartition", e))?;
+        unsafe { (p.api.WHvSetupPartition)(p.handle) }
+            .ok()
+            .map_err(|e| op("WHvSetupPartition", e))?;
         Ok(p)
     }
 
@@ -115,13 +218,14 @@ impl Partition {
         // SAFETY: `value` is a live T whose layout is the one WHP defines for `code` (callers
         // pass the matching WHV_* type); WHP only reads size_of::<T>() bytes.
         unsafe {
-            WHvSetPartitionProperty(
-                self.0,
+            (self.api.WHvSetPartitionProperty)(
+                self.handle,
                 code,
                 (value as *const T).cast(),
                 size_of::<T>() as u32,
             )
         }
+        .ok()
         .map_err(|e| op(name, e))
     }
 
@@ -134,39 +238,42 @@ impl Partition {
             WHvMapGpaRangeFlagRead.0 | WHvMapGpaRangeFlagWrite.0 | WHvMapGpaRangeFlagExecute.0,
         );
         // SAFETY: the caller guarantees the host range outlives the partition.
-        unsafe { WHvMapGpaRange(self.0, host.cast(), gpa, size, flags) }
+        unsafe { (self.api.WHvMapGpaRange)(self.handle, host.cast(), gpa, size, flags) }
+            .ok()
             .map_err(|e| op("WHvMapGpaRange", e))
     }
 
     pub fn create_vp(&self, index: u32) -> Result<(), HvError> {
         // SAFETY: plain values on a live partition.
-        unsafe { WHvCreateVirtualProcessor(self.0, index, 0) }
+        unsafe { (self.api.WHvCreateVirtualProcessor)(self.handle, index, 0) }
+            .ok()
             .map_err(|e| op("WHvCreateVirtualProcessor", e))
     }
 
     pub fn delete_vp(&self, index: u32) {
         // SAFETY: plain values on a live partition; deleting an absent VP only fails.
-        let _ = unsafe { WHvDeleteVirtualProcessor(self.0, index) };
+        let _ = unsafe { (self.api.WHvDeleteVirtualProcessor)(self.handle, index) };
     }
 
     /// Runs VP `index` until its next exit, described in `ctx`.
     pub fn run_vp(&self, index: u32, ctx: &mut WHV_RUN_VP_EXIT_CONTEXT) -> Result<(), HvError> {
         // SAFETY: `ctx` is a live, writable exit context of the size passed.
         unsafe {
-            WHvRunVirtualProcessor(
-                self.0,
+            (self.api.WHvRunVirtualProcessor)(
+                self.handle,
                 index,
                 (ctx as *mut WHV_RUN_VP_EXIT_CONTEXT).cast(),
                 size_of::<WHV_RUN_VP_EXIT_CONTEXT>() as u32,
             )
         }
+        .ok()
         .map_err(|e| op("WHvRunVirtualProcessor", e))
     }
 
     /// Makes a running `run_vp(index)` return with a Canceled exit; any thread may call it.
     pub fn cancel_vp(&self, index: u32) {
         // SAFETY: plain values on a live partition.
-        let _ = unsafe { WHvCancelRunVirtualProcessor(self.0, index, 0) };
+        let _ = unsafe { (self.api.WHvCancelRunVirtualProcessor)(self.handle, index, 0) };
     }
 
     pub fn get_regs(
@@ -178,14 +285,15 @@ impl Partition {
         let n = names.len().min(values.len());
         // SAFETY: both arrays hold at least `n` elements; WHP writes `n` values.
         unsafe {
-            WHvGetVirtualProcessorRegisters(
-                self.0,
+            (self.api.WHvGetVirtualProcessorRegisters)(
+                self.handle,
                 index,
                 names.as_ptr(),
                 n as u32,
                 values.as_mut_ptr(),
             )
         }
+        .ok()
         .map_err(|e| op("WHvGetVirtualProcessorRegisters", e))
     }
 
@@ -198,22 +306,30 @@ impl Partition {
         let n = names.len().min(values.len());
         // SAFETY: both arrays hold at least `n` elements; WHP only reads them.
         unsafe {
-            WHvSetVirtualProcessorRegisters(
-                self.0,
+            (self.api.WHvSetVirtualProcessorRegisters)(
+                self.handle,
                 index,
                 names.as_ptr(),
                 n as u32,
                 values.as_ptr(),
             )
         }
+        .ok()
         .map_err(|e| op("WHvSetVirtualProcessorRegisters", e))
     }
 
     /// Sends an interrupt to the emulated local APICs.
     pub fn request_interrupt(&self, ctl: &WHV_INTERRUPT_CONTROL) -> Result<(), HvError> {
         // SAFETY: `ctl` is a live WHV_INTERRUPT_CONTROL of the size passed.
-        unsafe { WHvRequestInterrupt(self.0, ctl, size_of::<WHV_INTERRUPT_CONTROL>() as u32) }
-            .map_err(|e| op("WHvRequestInterrupt", e))
+        unsafe {
+            (self.api.WHvRequestInterrupt)(
+                self.handle,
+                ctl,
+                size_of::<WHV_INTERRUPT_CONTROL>() as u32,
+            )
+        }
+        .ok()
+        .map_err(|e| op("WHvRequestInterrupt", e))
     }
 
     fn translate_gva(
@@ -225,8 +341,11 @@ impl Partition {
         let mut result = WHV_TRANSLATE_GVA_RESULT::default();
         let mut gpa = 0u64;
         // SAFETY: both out-pointers are live locals of the types WHP writes.
-        unsafe { WHvTranslateGva(self.0, index, gva, flags, &mut result, &mut gpa) }
-            .map_err(|e| op("WHvTranslateGva", e))?;
+        unsafe {
+            (self.api.WHvTranslateGva)(self.handle, index, gva, flags, &mut result, &mut gpa)
+        }
+        .ok()
+        .map_err(|e| op("WHvTranslateGva", e))?;
         Ok((result.ResultCode, gpa))
     }
 }
@@ -234,7 +353,7 @@ impl Partition {
 impl Drop for Partition {
     fn drop(&mut self) {
         // SAFETY: we own the handle and delete it once; VPs are deleted with it.
-        let _ = unsafe { WHvDeletePartition(self.0) };
+        let _ = unsafe { (self.api.WHvDeletePartition)(self.handle) };
     }
 }
 
@@ -349,7 +468,10 @@ unsafe extern "system" fn translate_cb(
 }
 
 /// WinHvEmulation's x86 instruction emulator, for MMIO exits.
-pub struct Emulator(*mut c_void);
+pub struct Emulator {
+    api: &'static Api,
+    handle: *mut c_void,
+}
 
 // SAFETY: the emulator handle is an opaque object with no thread affinity; it is used by one
 // vCPU at a time (`&mut self` on every use).
@@ -367,10 +489,12 @@ impl Emulator {
             WHvEmulatorTranslateGvaPage: Some(translate_cb),
         };
         let mut handle: *mut c_void = std::ptr::null_mut();
+        let api = api()?;
         // SAFETY: `callbacks` is complete and copied by the call; `handle` is a live local.
-        unsafe { WHvEmulatorCreateEmulator(&callbacks, &mut handle) }
+        unsafe { (api.WHvEmulatorCreateEmulator)(&callbacks, &mut handle) }
+            .ok()
             .map_err(|e| op("WHvEmulatorCreateEmulator", e))?;
-        Ok(Emulator(handle))
+        Ok(Emulator { api, handle })
     }
 
     /// Emulates the instruction behind an MMIO exit; returns `WHV_EMULATOR_STATUS.AsUINT32`.
@@ -382,10 +506,15 @@ impl Emulator {
     ) -> Result<u32, HvError> {
         let mut h: HostRef<'_> = host;
         let context = (&mut h as *mut HostRef<'_>).cast::<c_void>();
+        let mut status = WHV_EMULATOR_STATUS::default();
         // SAFETY: `context` points at `h`, which outlives this synchronous call; the
-        // callbacks above cast it back to exactly that type. The exit records are live.
-        let status = unsafe { WHvEmulatorTryMmioEmulation(self.0, context, vp, access) }
-            .map_err(|e| op("WHvEmulatorTryMmioEmulation", e))?;
+        // callbacks above cast it back to exactly that type. The exit records and the status
+        // out-pointer are live.
+        unsafe {
+            (self.api.WHvEmulatorTryMmioEmulation)(self.handle, context, vp, access, &mut status)
+        }
+        .ok()
+        .map_err(|e| op("WHvEmulatorTryMmioEmulation", e))?;
         // SAFETY: every bit pattern of the status union is a valid u32.
         Ok(unsafe { status.AsUINT32 })
     }
@@ -394,6 +523,6 @@ impl Emulator {
 impl Drop for Emulator {
     fn drop(&mut self) {
         // SAFETY: we own the handle and destroy it once.
-        let _ = unsafe { WHvEmulatorDestroyEmulator(self.0) };
+        let _ = unsafe { (self.api.WHvEmulatorDestroyEmulator)(self.handle) };
     }
 }
