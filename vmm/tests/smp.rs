@@ -77,3 +77,39 @@ fn test_smp_max_32_vcpus_all_start() {
     ids.sort_unstable();
     assert_eq!(ids, (1..32).collect::<Vec<u32>>(), "{}", run.dump());
 }
+
+#[test]
+fn test_smp_concurrent_blk_on_each_ap_reaches_each_image() {
+    if !require_kvm() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disks: Vec<_> = (0..3)
+        .map(|i| dir.path().join(format!("ap{i}.img")))
+        .collect();
+    for d in &disks {
+        std::fs::write(d, vec![0u8; 1 << 20]).expect("disk");
+    }
+    let mut spec = VmSpec::guest(&guest_elf(), "smp_blk");
+    spec.cpus = 4;
+    spec.disks = disks.iter().map(|d| d.display().to_string()).collect();
+    let run = spec.run();
+    run.assert_guest_passed();
+    assert_eq!(run.ok("smp.blk").get("good_rounds"), "48", "{}", run.dump());
+    // AP i wrote sector r of disk i with 0x10 * (i + 1) + r, concurrently with the others.
+    for (i, d) in disks.iter().enumerate() {
+        let img = std::fs::read(d).expect("read disk");
+        for round in 0..16usize {
+            let want = (0x10 * (i + 1) + round) as u8;
+            let s = &img[round * 512..(round + 1) * 512];
+            assert!(
+                s.iter().all(|&b| b == want),
+                "disk {i} sector {round} lacks {want:#x}"
+            );
+        }
+        assert!(
+            img[16 * 512..].iter().all(|&b| b == 0),
+            "disk {i} written past sector 15"
+        );
+    }
+}

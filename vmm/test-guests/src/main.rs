@@ -101,9 +101,17 @@ extern "C" fn guest_main(zero_page: u64) -> ! {
             None => r.fail(name, format_args!("no virtio device with id {id}")),
         }
     }
-    if info.wants("mptable") || info.wants("smp") {
+    if info.wants("mptable") || info.wants("smp") || info.wants("smp_blk") {
         let cpus = smp::test_mptable(&mut r);
-        if info.wants("smp") {
+        if info.wants("smp_blk") {
+            let mut disks = [0u64; MAX_DEVS];
+            let mut n = 0;
+            for i in (0..info.ndevs).filter(|&i| ids[i] == ID_BLK) {
+                disks[n] = info.devs[i].addr;
+                n += 1;
+            }
+            smp::test_smp_blk(cpus, &disks[..n], &mut r);
+        } else if info.wants("smp") {
             smp::test_smp(cpus, &mut r);
         }
     }

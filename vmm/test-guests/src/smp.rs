@@ -4,7 +4,7 @@ use crate::apic::{lapic_enable, lapic_id, send_ipi};
 use crate::io::{bytes, deadline, delay_ms, expired, rd, wr};
 use crate::mem::{alloc_pages, root};
 use crate::report::Report;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 extern "C" {
     static TRAMP_START: u8;
@@ -19,6 +19,13 @@ const TRAMP_BASE: u64 = 0x10000;
 const MAX_CPUS: usize = 32;
 
 static AP_STARTED: AtomicU32 = AtomicU32::new(0);
+/// `smp_blk`: the virtio-blk window AP `i` drives (0: none).
+static AP_BLK: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// `smp_blk`: verified write+read rounds per AP, and how many APs finished.
+static AP_BLK_GOOD: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
+static AP_BLK_DONE: AtomicU32 = AtomicU32::new(0);
+/// Write+read rounds each AP runs on its own disk.
+pub const AP_BLK_ROUNDS: u32 = 16;
 static AP_IDS: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(u32::MAX) }; MAX_CPUS];
 
 fn checksum_ok(addr: u64, len: usize) -> bool {
@@ -147,6 +154,13 @@ extern "C" fn ap_entry(index: u32) -> ! {
         slot.store(id, Ordering::SeqCst);
     }
     AP_STARTED.fetch_add(1, Ordering::SeqCst);
+    if let Some(base) = AP_BLK.get(index as usize).map(|b| b.load(Ordering::SeqCst)) {
+        if base != 0 {
+            let good = ap_blk_job(index, base);
+            AP_BLK_GOOD[index as usize].store(good, Ordering::SeqCst);
+            AP_BLK_DONE.fetch_add(1, Ordering::SeqCst);
+        }
+    }
     loop {
         // SAFETY: parking this AP with interrupts off.
         unsafe { core::arch::asm!("cli; hlt", options(nomem, nostack)) }
@@ -232,4 +246,61 @@ pub fn test_smp(cpus: u32, r: &mut Report) {
     } else {
         r.fail += 1;
     }
+}
+
+/// The byte AP `index` writes in round `round` (sector `round` of its disk).
+pub fn ap_byte(index: u32, round: u32) -> u8 {
+    (0x10 * (index + 1) + round) as u8
+}
+
+/// One AP's job: AP_BLK_ROUNDS writes of sector `round` on its own disk, each read back.
+fn ap_blk_job(index: u32, base: u64) -> u32 {
+    let Ok(mut b) = crate::blk::Blk::init(crate::virtio::Mmio { base }) else {
+        return 0;
+    };
+    let mut good = 0;
+    for round in 0..AP_BLK_ROUNDS {
+        let byte = ap_byte(index, round);
+        crate::io::fill(b.data, byte, 512);
+        if b.write(u64::from(round), 512) != crate::blk::S_OK {
+            continue;
+        }
+        crate::io::fill(b.data, 0, 512);
+        if b.read(u64::from(round), 512) == crate::blk::S_OK
+            && bytes(b.data, 512).iter().all(|&c| c == byte)
+        {
+            good += 1;
+        }
+    }
+    good
+}
+
+/// `smp_blk`: every AP drives its own virtio-blk disk at the same time (AP i uses the
+/// i-th disk), so MMIO exits and device workers run concurrently.
+pub fn test_smp_blk(cpus: u32, disks: &[u64], r: &mut Report) {
+    let n_aps = (cpus.saturating_sub(1) as usize)
+        .min(disks.len())
+        .min(MAX_CPUS - 1);
+    if n_aps == 0 {
+        return r.fail("smp.blk", format_args!("needs 2+ CPUs and 1+ disks"));
+    }
+    for (slot, &base) in AP_BLK.iter().zip(disks.iter()).take(n_aps) {
+        slot.store(base, Ordering::SeqCst);
+    }
+    test_smp(cpus, r);
+    let d = deadline(20_000);
+    while AP_BLK_DONE.load(Ordering::SeqCst) < n_aps as u32 && !expired(d) {
+        core::hint::spin_loop();
+    }
+    let done = AP_BLK_DONE.load(Ordering::SeqCst);
+    let good: u32 = AP_BLK_GOOD
+        .iter()
+        .take(n_aps)
+        .map(|g| g.load(Ordering::SeqCst))
+        .sum();
+    r.check(
+        "smp.blk",
+        done == n_aps as u32 && good == n_aps as u32 * AP_BLK_ROUNDS,
+        format_args!("aps={n_aps} done={done} good_rounds={good} rounds_per_ap={AP_BLK_ROUNDS}"),
+    );
 }
