@@ -38,12 +38,18 @@
 //! `copy_file_range` (fuse-backend-rs' trait has no such op; the kernel falls back to
 //! read/write), `access` (the client always mounts with `default_permissions`).
 //!
+//! # Host file events
+//!
+//! See `events`: host inotify → JSON lines on `serve --events-socket` → replayed by the guest
+//! agent with `utimensat`, so guest inotify watchers see host edits.
+//!
 //! # Platforms
 //!
 //! Linux-only calls live in `sys::linux`; the rest (`config`, `inode_table`, `handle_table`,
 //! `name`) is platform-neutral so a macOS passthrough can be added as `sys::macos`.
 
 pub mod config;
+pub mod events;
 pub mod fuzz;
 pub mod handle_table;
 pub mod inode_table;

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use fs_share::{CachePolicy, OwnerMap, PassthroughFs, ShareConfig};
 
@@ -27,6 +28,10 @@ enum Cmd {
         /// virtio-fs tag (reported in the device config space; QEMU 7.2 sets its own).
         #[arg(long)]
         tag: Option<String>,
+        /// Also stream host file events (JSON lines) to clients of this unix socket, for the
+        /// guest agent to replay.
+        #[arg(long)]
+        events_socket: Option<PathBuf>,
         #[command(flatten)]
         share: ShareArgs,
     },
@@ -38,6 +43,11 @@ enum Cmd {
         threads: usize,
         #[command(flatten)]
         share: ShareArgs,
+    },
+    /// Print host file events under a folder as JSON lines (what --events-socket streams).
+    Watch {
+        #[arg(long)]
+        shared_dir: PathBuf,
     },
 }
 
@@ -97,7 +107,16 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().cmd {
-        Cmd::Serve { socket, tag, share } => {
+        Cmd::Serve {
+            socket,
+            tag,
+            events_socket,
+            share,
+        } => {
+            if let Some(ev) = &events_socket {
+                fs_share::transport::events::spawn(&share.shared_dir, ev)
+                    .with_context(|| format!("events socket {}", ev.display()))?;
+            }
             let fs = share.open()?;
             fs_share::transport::vhost_user::serve(fs, &socket, tag)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -109,6 +128,9 @@ fn main() -> anyhow::Result<()> {
         } => {
             let fs = share.open()?;
             fs_share::transport::fusedev::mount_and_serve(fs, &mountpoint, threads)?;
+        }
+        Cmd::Watch { shared_dir } => {
+            fs_share::transport::events::print_events(shared_dir)?;
         }
     }
     Ok(())

@@ -154,3 +154,115 @@ fn test_guest_pjdfstest_on_virtiofs_matches_native() {
         "cases passing natively but not in the guest: {regressions:?}"
     );
 }
+
+/// Host file events reach an inotify watcher in the guest: fs-share's events socket →
+/// (a serial port standing in for the guest agent's vsock channel) → replay in the guest →
+/// the watcher sees IN_ATTRIB and acknowledges over the same port.
+#[test]
+fn test_guest_inotify_sees_host_write_via_event_replay() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixStream;
+    use std::time::Instant;
+
+    if !can_run_guest() {
+        return;
+    }
+    let Some(helper) = common::example("guest_events") else {
+        common::skip("examples/guest_events not built (cargo test builds it)");
+        return;
+    };
+    let assets = match common::guest_assets(&[&helper]) {
+        Ok(a) => a,
+        Err(e) => {
+            common::skip(&e);
+            return;
+        }
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let share = tmp.path().join("share");
+    fs::create_dir(&share).expect("mkdir");
+    fs::write(share.join("watched.txt"), b"v1").expect("write");
+    fs::write(
+        share.join(".guest-run"),
+        "guest_events replay /mnt/share /dev/ttyS1 &\n\
+         guest_events watch /mnt/share/watched.txt /dev/ttyS1 &\n\
+         sleep 1\n\
+         echo GUEST-READY > /dev/ttyS1\n\
+         i=0; while [ ! -f /mnt/share/done ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\n\
+         echo GUEST-OK\n",
+    )
+    .expect("script");
+    let ev_sock = tmp.path().join("events.sock");
+    let port = tmp.path().join("port.sock");
+    let (ev2, port2, share2) = (ev_sock.clone(), port.clone(), share.clone());
+    let host = std::thread::spawn(move || -> Result<Duration, String> {
+        let connect = |p: &std::path::Path| {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Ok(s) = UnixStream::connect(p) {
+                    return Ok(s);
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("cannot connect {}", p.display()));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        };
+        let events = connect(&ev2)?;
+        let port = connect(&port2)?;
+        port.set_read_timeout(Some(Duration::from_secs(90)))
+            .map_err(|e| e.to_string())?;
+        let mut to_guest = port.try_clone().map_err(|e| e.to_string())?;
+        // Relay: events socket -> guest serial port (the supervisor's vsock bridge in vmctl).
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(events);
+            let mut line = String::new();
+            while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                if to_guest.write_all(line.as_bytes()).is_err() {
+                    break;
+                }
+                line.clear();
+            }
+        });
+        let mut from_guest = BufReader::new(port);
+        let mut line = String::new();
+        let wait_for =
+            |r: &mut BufReader<UnixStream>, line: &mut String, what: &str| -> Result<(), String> {
+                loop {
+                    line.clear();
+                    match r.read_line(line) {
+                        Ok(0) | Err(_) => return Err(format!("guest port closed before {what}")),
+                        Ok(_) if line.contains(what) => return Ok(()),
+                        Ok(_) => {}
+                    }
+                }
+            };
+        wait_for(&mut from_guest, &mut line, "GUEST-READY")?;
+        let t0 = Instant::now();
+        fs::write(share2.join("watched.txt"), b"version 2 from the host")
+            .map_err(|e| e.to_string())?;
+        wait_for(&mut from_guest, &mut line, "ACK")?;
+        let lat = t0.elapsed();
+        let _ = fs::write(share2.join("done"), b"");
+        Ok(lat)
+    });
+    let out = common::run_guest_with(
+        &assets,
+        tmp.path(),
+        &share,
+        &["--events-socket", ev_sock.to_str().expect("utf8")],
+        Duration::from_secs(120),
+        &[
+            "-chardev".into(),
+            format!("socket,id=port,path={},server=on,wait=off", port.display()),
+            "-device".into(),
+            "isa-serial,chardev=port".into(),
+        ],
+    );
+    let res = host.join().expect("host thread");
+    eprintln!("--- guest console ---\n{}\n---", common::strip_ansi(&out));
+    let lat = res.expect("host side of the event test");
+    eprintln!("host write -> guest inotify event (round trip incl. ack, TCG guest): {lat:?}");
+    assert!(out.contains("GUEST-INOTIFY"), "guest watcher saw no event");
+    assert!(out.contains("GUEST-OK"));
+}

@@ -265,6 +265,18 @@ pub fn run_guest(
     serve_args: &[&str],
     limit: Duration,
 ) -> String {
+    run_guest_with(assets, work, share, serve_args, limit, &[])
+}
+
+/// `run_guest` with extra QEMU arguments (e.g. a second serial port).
+pub fn run_guest_with(
+    assets: &Path,
+    work: &Path,
+    share: &Path,
+    serve_args: &[&str],
+    limit: Duration,
+    qemu_extra: &[String],
+) -> String {
     let sock = work.join("fs.sock");
     let serve = Command::new(bin())
         .arg("serve")
@@ -308,10 +320,18 @@ pub fn run_guest(
             "-serial",
             "stdio",
         ])
+        .args(qemu_extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn qemu");
     wait_output(ChildGuard(qemu), limit)
+}
+
+/// An example binary built by `cargo test` next to the test executables.
+pub fn example(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let p = exe.parent()?.parent()?.join("examples").join(name);
+    p.exists().then_some(p)
 }

@@ -3,3 +3,4 @@
 mod fs_impl;
 pub mod ops;
 pub mod passthrough;
+pub mod watch;

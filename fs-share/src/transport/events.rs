@@ -1,0 +1,61 @@
+//! Streams host file events (`crate::events`) to every client of a unix socket — the guest
+//! agent, bridged over vsock by the supervisor.
+
+use std::io::{self, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use crate::sys::linux::watch::Watcher;
+
+/// Most directories watched (each costs one inotify watch of the host user's budget).
+pub const MAX_WATCHES: usize = 65_536;
+
+/// Binds `socket` and starts the watcher and accept threads; they run for the process'
+/// lifetime.
+pub fn spawn(root: &Path, socket: &Path) -> io::Result<()> {
+    let _ = std::fs::remove_file(socket);
+    let listener = UnixListener::bind(socket)?;
+    let clients: Arc<Mutex<Vec<UnixStream>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut watcher = Watcher::new(root, MAX_WATCHES)?;
+    {
+        let clients = clients.clone();
+        thread::Builder::new()
+            .name("events-accept".into())
+            .spawn(move || {
+                for s in listener.incoming().flatten() {
+                    clients.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+                }
+            })?;
+    }
+    thread::Builder::new()
+        .name("events-watch".into())
+        .spawn(move || loop {
+            let events = match watcher.next_events() {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!("inotify: {e}");
+                    return;
+                }
+            };
+            let text: String = events.iter().map(|e| e.to_line()).collect();
+            let mut cs = clients.lock().unwrap_or_else(|e| e.into_inner());
+            cs.retain_mut(|c| c.write_all(text.as_bytes()).is_ok());
+        })?;
+    Ok(())
+}
+
+/// `fs-share watch`: prints the event lines for `root` on stdout until killed.
+pub fn print_events(root: PathBuf) -> io::Result<()> {
+    let mut watcher = Watcher::new(&root, MAX_WATCHES)?;
+    let stdout = io::stdout();
+    loop {
+        let events = watcher.next_events()?;
+        let mut out = stdout.lock();
+        for e in events {
+            out.write_all(e.to_line().as_bytes())?;
+        }
+        out.flush()?;
+    }
+}
