@@ -70,8 +70,15 @@ impl Hypervisor for Whp {
     }
 
     fn create_vm(&self) -> Result<Arc<dyn Vm>, HvError> {
-        let partition = Arc::new(Partition::create(u32::from(mptable::MAX_CPUS))?);
+        // The vCPU count must be fixed before memory can be mapped, which the trait does
+        // before creating vCPUs: allow as many as the host has logical processors (at most
+        // the MP table's 32); `create_vcpu` refuses more with a clear error.
+        let max_vcpus = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(usize::from(mptable::MAX_CPUS)) as u8;
+        let partition = Arc::new(Partition::create(u32::from(max_vcpus))?);
         Ok(Arc::new(WhpVm {
+            max_vcpus,
             shared: Arc::new(Shared {
                 partition,
                 ioapic: Mutex::new(Ioapic::new(0)),
@@ -107,6 +114,7 @@ impl Shared {
 }
 
 struct WhpVm {
+    max_vcpus: u8,
     shared: Arc<Shared>,
 }
 
@@ -129,8 +137,14 @@ impl Vm for WhpVm {
     }
 
     fn create_vcpu(&self, index: u8, count: u8) -> Result<Box<dyn Vcpu>, HvError> {
-        if count == 0 || count > mptable::MAX_CPUS || index >= count {
-            return Err(HvError::MissingCapability("that many vCPUs (1 to 32)"));
+        if count == 0 || count > self.max_vcpus || index >= count {
+            return Err(HvError::op(
+                "WHvCreateVirtualProcessor",
+                std::io::Error::other(format!(
+                    "vCPU {index} of {count} requested; this host's WHP partition allows 1 to {}",
+                    self.max_vcpus
+                )),
+            ));
         }
         self.shared.partition.create_vp(u32::from(index))?;
         Ok(Box::new(WhpVcpu {
