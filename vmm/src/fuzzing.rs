@@ -10,6 +10,8 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::devices::virtio::block::RequestProcessor;
+use crate::devices::virtio::vsock::queues as vsock_queues;
+use crate::devices::virtio::vsock::Muxer;
 
 const MEM_SIZE: usize = 1 << 20;
 const DESC: u64 = 0x1000;
@@ -18,6 +20,12 @@ const USED: u64 = 0x3000;
 const DATA: u64 = 0x4000;
 const QUEUE_SIZE: u16 = 16;
 const MAX_CHAINS: usize = 64;
+/// The vsock harness's rx queue (well-formed; the guest's tx side is what is fuzzed).
+const VSOCK_RX_DESC: u64 = 0x8_0000;
+const VSOCK_RX_AVAIL: u64 = 0x8_1000;
+const VSOCK_RX_USED: u64 = 0x8_2000;
+const VSOCK_RX_BUF: u64 = 0x9_0000;
+const VSOCK_RX_BUFS: u16 = 8;
 
 /// Fuzzes the virtio-blk request path: descriptor table, available ring and buffers all come
 /// from `data`; requests run against `disk` (a small scratch file).
@@ -33,7 +41,9 @@ pub fn fuzz_blk_request(data: &[u8], disk: &Arc<File>) {
     let buf = &rest[..rest.len().min(MEM_SIZE - DATA as usize)];
     let _ = mem.write_slice(buf, GuestAddress(DATA));
 
-    let Ok(mut q) = Queue::new(QUEUE_SIZE) else { return };
+    let Ok(mut q) = Queue::new(QUEUE_SIZE) else {
+        return;
+    };
     q.set_size(QUEUE_SIZE);
     q.set_desc_table_address(Some(DESC as u32), Some(0));
     q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
@@ -49,11 +59,62 @@ pub fn fuzz_blk_request(data: &[u8], disk: &Arc<File>) {
         buf: vec![0; 4096],
     };
     for _ in 0..MAX_CHAINS {
-        let Some(chain) = q.pop_descriptor_chain(&mem) else { break };
+        let Some(chain) = q.pop_descriptor_chain(&mem) else {
+            break;
+        };
         let head = chain.head_index();
         let len = req.process(&mem, chain);
         let _ = q.add_used(&mem, head, len);
     }
+}
+
+/// Fuzzes the virtio-vsock tx path: the tx queue's descriptor table, available ring and packet
+/// bytes come from `data`; every packet goes through `muxer` (connection table, credit, host
+/// sockets), then a well-formed rx queue takes whatever the muxer answers. The muxer is reset
+/// at the end, so each input starts from an empty table.
+pub fn fuzz_vsock_packet(data: &[u8], muxer: &mut Muxer) {
+    let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]) else {
+        return;
+    };
+    let (desc, rest) = data.split_at(data.len().min(16 * QUEUE_SIZE as usize));
+    let (avail, rest) = rest.split_at(rest.len().min(4 + 2 * QUEUE_SIZE as usize));
+    let _ = mem.write_slice(desc, GuestAddress(DESC));
+    let _ = mem.write_slice(avail, GuestAddress(AVAIL));
+    let buf = &rest[..rest.len().min(VSOCK_RX_DESC as usize - DATA as usize)];
+    let _ = mem.write_slice(buf, GuestAddress(DATA));
+    let Some(mut tx) = fuzz_queue(DESC, AVAIL, USED) else {
+        return;
+    };
+    // rx: 8 writable buffers of 4 KiB + header, as a Linux driver posts them.
+    for i in 0..VSOCK_RX_BUFS {
+        let mut d = (VSOCK_RX_BUF + u64::from(i) * 0x2000)
+            .to_le_bytes()
+            .to_vec();
+        d.extend_from_slice(&(4096u32 + 44).to_le_bytes());
+        d.extend_from_slice(&2u16.to_le_bytes()); // WRITE
+        d.extend_from_slice(&0u16.to_le_bytes());
+        let _ = mem.write_slice(&d, GuestAddress(VSOCK_RX_DESC + 16 * u64::from(i)));
+        let _ = mem.write_obj(i, GuestAddress(VSOCK_RX_AVAIL + 4 + 2 * u64::from(i)));
+    }
+    let _ = mem.write_obj(VSOCK_RX_BUFS, GuestAddress(VSOCK_RX_AVAIL + 2));
+    let Some(mut rx) = fuzz_queue(VSOCK_RX_DESC, VSOCK_RX_AVAIL, VSOCK_RX_USED) else {
+        return;
+    };
+    let mut pkt = vsock_queues::packet_buffer();
+    vsock_queues::drain_tx(muxer, &mut tx, &mem, &mut pkt);
+    muxer.process_host_events();
+    vsock_queues::fill_rx(muxer, &mut rx, &mem, &mut pkt);
+    muxer.reset();
+}
+
+fn fuzz_queue(desc: u64, avail: u64, used: u64) -> Option<Queue> {
+    let mut q = Queue::new(QUEUE_SIZE).ok()?;
+    q.set_size(QUEUE_SIZE);
+    q.set_desc_table_address(Some(desc as u32), Some(0));
+    q.set_avail_ring_address(Some(avail as u32), Some(0));
+    q.set_used_ring_address(Some(used as u32), Some(0));
+    q.set_ready(true);
+    Some(q)
 }
 
 #[cfg(test)]
@@ -101,7 +162,11 @@ mod tests {
     fn scratch_disk() -> (tempfile::NamedTempFile, Arc<File>) {
         let f = tempfile::NamedTempFile::new().unwrap();
         f.as_file().set_len(64 * 1024).unwrap();
-        let file = std::fs::OpenOptions::new().read(true).write(true).open(f.path()).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(f.path())
+            .unwrap();
         (f, Arc::new(file))
     }
 
@@ -157,5 +222,98 @@ mod tests {
             input.extend(&avail);
             fuzz_blk_request(&input, &disk);
         }
+    }
+
+    /// A guest's packet header (44 bytes) + payload, from cid 3 to the host.
+    fn vsock_pkt(op: u16, src: u32, dst: u32, flags: u32, payload: &[u8]) -> Vec<u8> {
+        let mut h = Vec::with_capacity(44 + payload.len());
+        h.extend_from_slice(&3u64.to_le_bytes());
+        h.extend_from_slice(&2u64.to_le_bytes());
+        h.extend_from_slice(&src.to_le_bytes());
+        h.extend_from_slice(&dst.to_le_bytes());
+        h.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        h.extend_from_slice(&1u16.to_le_bytes());
+        h.extend_from_slice(&op.to_le_bytes());
+        h.extend_from_slice(&flags.to_le_bytes());
+        h.extend_from_slice(&65536u32.to_le_bytes());
+        h.extend_from_slice(&0u32.to_le_bytes());
+        h.extend_from_slice(payload);
+        h
+    }
+
+    /// REQUEST to host port 1024, RW "fuzz-payload", SHUTDOWN: one chain each.
+    fn vsock_valid_session() -> Vec<u8> {
+        let pkts = [
+            vsock_pkt(1, 7000, 1024, 0, &[]),
+            vsock_pkt(5, 7000, 1024, 0, b"fuzz-payload"),
+            vsock_pkt(7, 7000, 1024, 0, &[]),
+            vsock_pkt(4, 7000, 1024, 3, &[]),
+        ];
+        let mut descs = Vec::new();
+        let mut bufs = Vec::new();
+        for (i, p) in pkts.iter().enumerate() {
+            descs.extend(desc(DATA + 0x100 * i as u64, p.len() as u32, 0, 0));
+            let mut b = p.clone();
+            b.resize(0x100, 0);
+            bufs.extend(b);
+        }
+        descs.resize(16 * QUEUE_SIZE as usize, 0);
+        let mut avail = vec![0u8, 0, pkts.len() as u8, 0];
+        for i in 0..pkts.len() as u16 {
+            avail.extend_from_slice(&i.to_le_bytes());
+        }
+        avail.resize(4 + 2 * QUEUE_SIZE as usize, 0);
+        let mut v = descs;
+        v.extend(avail);
+        v.extend(bufs);
+        v
+    }
+
+    fn vsock_muxer(dir: &std::path::Path) -> (Muxer, std::os::unix::net::UnixListener) {
+        let m = Muxer::new(3, &dir.join("v.sock")).unwrap();
+        let l = std::os::unix::net::UnixListener::bind(dir.join("v.sock_1024")).unwrap();
+        (m, l)
+    }
+
+    #[test]
+    fn test_fuzz_vsock_valid_session_reaches_host_socket() {
+        // Guards the harness: a well-formed session must deliver its payload, or the smoke
+        // test below would only exercise the rejection paths.
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let (mut m, l) = vsock_muxer(dir.path());
+        fuzz_vsock_packet(&vsock_valid_session(), &mut m);
+        let (mut s, _) = l.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"fuzz-payload");
+    }
+
+    #[test]
+    fn test_fuzz_vsock_smoke_random_and_mutated_inputs_contained() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut m, l) = vsock_muxer(dir.path());
+        l.set_nonblocking(true).unwrap();
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let seed = vsock_valid_session();
+        for i in 0..3000 {
+            let mut input = if i % 2 == 0 {
+                seed.clone()
+            } else {
+                let n = (rng.next() % 4096) as usize;
+                (0..n).map(|_| rng.next() as u8).collect()
+            };
+            for _ in 0..(rng.next() % 16) {
+                if input.is_empty() {
+                    break;
+                }
+                let at = (rng.next() as usize) % input.len();
+                input[at] = rng.next() as u8;
+            }
+            fuzz_vsock_packet(&input, &mut m);
+            // Keep the host listener's backlog drained.
+            while l.accept().is_ok() {}
+        }
+        assert_eq!(m.conn_count(), 0);
     }
 }
