@@ -42,10 +42,6 @@ impl TxQueue {
         self.frames.is_empty()
     }
 
-    pub fn len(&self) -> usize {
-        self.frames.len()
-    }
-
     pub fn pop_front(&mut self) -> Option<Vec<u8>> {
         self.frames.pop_front()
     }
