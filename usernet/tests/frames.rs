@@ -271,3 +271,48 @@ fn test_fuzz_smoke_frame_input() {
     }
     assert_eq!(n, 4000);
 }
+
+#[test]
+fn test_udp_flow_expires_when_idle() {
+    let host = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let port = host.local_addr().expect("addr").port();
+    let limits = Limits {
+        udp_idle_timeout: std::time::Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let mut net = UserNet::new(Config {
+        limits,
+        ..isolated()
+    })
+    .expect("net");
+    net.receive_frame(&udp((GUEST, 5000), (GW, port), b"ping"));
+    net.process();
+    let mut buf = [0u8; 16];
+    host.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    let (n, from) = host.recv_from(&mut buf).expect("datagram via NAT");
+    assert_eq!(&buf[..n], b"ping");
+    assert_eq!(net.stats().udp_flows, 1);
+    // The reply travels back to the guest, from the gateway address.
+    host.send_to(b"pong", from).expect("reply");
+    let mut got = None;
+    for _ in 0..100 {
+        let mut ready = Vec::new();
+        net.wait(Some(std::time::Duration::from_millis(20)), &mut ready)
+            .expect("wait");
+        net.process();
+        if let Some(f) = net.take_frame() {
+            got = Some(f);
+            break;
+        }
+    }
+    let f = got.expect("reply frame");
+    let e = EthernetFrame::new_checked(&f[..]).expect("eth");
+    let ip = Ipv4Packet::new_checked(e.payload()).expect("ip");
+    assert_eq!(ip.src_addr(), GW);
+    assert_eq!(ip.dst_addr(), GUEST);
+    assert!(f.ends_with(b"pong"));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    net.process();
+    assert_eq!(net.stats().udp_flows, 0, "idle flow not expired");
+}

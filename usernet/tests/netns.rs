@@ -137,6 +137,19 @@ fn test_dns_forwarder_follows_resolv_conf_changes() {
     std::thread::sleep(Duration::from_millis(300)); // dnsmasq start-up
     let (ans, _) = dig(&ns, "svc.vmctl.test");
     assert_eq!(ans, "192.0.2.11");
+    // DNS over TCP to the forwarder address reaches the same upstream.
+    let out = ns.exec(
+        &[
+            "dig",
+            "+tcp",
+            "+short",
+            "+time=2",
+            "@10.0.2.3",
+            "svc.vmctl.test",
+        ],
+        T,
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "192.0.2.11");
     // The host's resolver changes (VPN up): new queries follow it.
     std::fs::write(&resolv, format!("nameserver {a2}\n")).expect("rewrite");
     std::thread::sleep(Duration::from_millis(700));
@@ -596,4 +609,82 @@ fn test_ping_remote_through_ping_socket() {
         "{}",
         net2.log()
     );
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn test_backpressure_bounds_buffering_when_guest_stops_reading() {
+    if skip_unless_root(&["ip"]) {
+        return;
+    }
+    let ns = Netns::new("bp");
+    let net = Usernet::tap(&ns, &[]);
+    let pid = net.child.0.id();
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().expect("accept");
+        s.set_nonblocking(true).expect("nonblocking");
+        // Write until the path is full: everything buffered between here and the guest
+        // application (host socket, usernet, guest socket) must be bounded.
+        let chunk = vec![0x42u8; 1 << 16];
+        let mut sent = 0usize;
+        let mut idle = Instant::now();
+        while idle.elapsed() < Duration::from_millis(1500) {
+            match s.write(&chunk) {
+                Ok(n) => {
+                    sent += n;
+                    idle = Instant::now();
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => panic!("write: {e}"),
+            }
+            assert!(sent < 256 << 20, "256 MiB accepted while nobody reads");
+        }
+        tx.send(sent).expect("report");
+        s.set_nonblocking(false).expect("blocking");
+        s.write_all(b"END").expect("end");
+        sent + 3
+    });
+    let guest = ns.spawn(move || {
+        let mut s = connect(gw(port)).expect("connect");
+        // Do not read until the host is stuck.
+        std::thread::sleep(Duration::from_millis(200));
+        let stuck: usize = rx.recv_timeout(T).expect("host stuck");
+        let mut total = 0;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut tail = Vec::new();
+        while !tail.ends_with(b"END") {
+            let n = s.read(&mut buf).expect("read");
+            assert!(n > 0, "EOF before END");
+            total += n;
+            tail.extend_from_slice(&buf[..n]);
+            if tail.len() > 8 {
+                tail.drain(..tail.len() - 8);
+            }
+        }
+        (stuck, total)
+    });
+    let (stuck, received) = guest.join().expect("guest");
+    let sent = server.join().expect("server");
+    assert_eq!(received, sent, "bytes lost or duplicated");
+    assert!(
+        stuck < 64 << 20,
+        "{stuck} bytes buffered before backpressure"
+    );
+    let rss = rss_kib(pid);
+    assert!(rss < 64 * 1024, "usernet RSS {rss} KiB");
 }
