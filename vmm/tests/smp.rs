@@ -113,3 +113,23 @@ fn test_smp_concurrent_blk_on_each_ap_reaches_each_image() {
         );
     }
 }
+
+#[test]
+fn test_smp_reset_with_spinning_aps_exits_promptly() {
+    if !require_kvm() {
+        return;
+    }
+    let mut spec = VmSpec::guest(&guest_elf(), "smp_spin");
+    spec.cpus = 4;
+    spec.timeout = std::time::Duration::from_secs(30);
+    let run = spec.run();
+    // Three APs never halt: the VMM must pull them out of KVM_RUN when the BSP resets.
+    run.assert_guest_passed();
+    assert_eq!(run.ok("smp.ap").get("started"), "3", "{}", run.dump());
+    assert!(
+        run.elapsed < std::time::Duration::from_secs(10),
+        "reset with busy APs took {:?}\n{}",
+        run.elapsed,
+        run.dump()
+    );
+}

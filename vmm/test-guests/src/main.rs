@@ -115,6 +115,11 @@ extern "C" fn guest_main(zero_page: u64) -> ! {
             smp::test_smp(cpus, &mut r);
         }
     }
+    if info.wants("smp_spin") {
+        smp::AP_SPIN.store(1, core::sync::atomic::Ordering::SeqCst);
+        let cpus = smp::test_mptable(&mut r);
+        smp::test_smp(cpus, &mut r);
+    }
     for mode in HOSTILE {
         if info.wants(mode) {
             let id = match info.arg("hostile_dev") {

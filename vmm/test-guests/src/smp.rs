@@ -24,6 +24,8 @@ static AP_BLK: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 /// `smp_blk`: verified write+read rounds per AP, and how many APs finished.
 static AP_BLK_GOOD: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
 static AP_BLK_DONE: AtomicU32 = AtomicU32::new(0);
+/// `smp_spin`: APs busy-loop forever instead of halting.
+pub static AP_SPIN: AtomicU32 = AtomicU32::new(0);
 /// Write+read rounds each AP runs on its own disk.
 pub const AP_BLK_ROUNDS: u32 = 16;
 static AP_IDS: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(u32::MAX) }; MAX_CPUS];
@@ -154,6 +156,14 @@ extern "C" fn ap_entry(index: u32) -> ! {
         slot.store(id, Ordering::SeqCst);
     }
     AP_STARTED.fetch_add(1, Ordering::SeqCst);
+    if AP_SPIN.load(Ordering::SeqCst) != 0 {
+        // `smp_spin`: never halt; the VMM has to kick this vCPU out of KVM_RUN at reset.
+        let mut n = 0u64;
+        loop {
+            n = core::hint::black_box(n.wrapping_add(1));
+            core::hint::spin_loop();
+        }
+    }
     if let Some(base) = AP_BLK.get(index as usize).map(|b| b.load(Ordering::SeqCst)) {
         if base != 0 {
             let good = ap_blk_job(index, base);
