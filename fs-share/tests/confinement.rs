@@ -469,3 +469,36 @@ fn test_readdirplus_lists_without_dot_entries() {
     assert!(!names.iter().any(|n| n == "." || n == ".."));
     fs.releasedir(&ctx(), ROOT, 0, h).expect("releasedir");
 }
+
+/// HANDLE_KILLPRIV_V2: a truncate flagged KILL_SUIDGID by the client (unprivileged caller)
+/// clears setuid even though the server itself holds CAP_FSETID (writes use the same helper).
+#[test]
+fn test_killpriv_truncate_clears_setuid() {
+    let fx = Fixture::new();
+    let fs = fx.fs(|c| c.allow_setuid = true);
+    let (e, h, _, _) = fs
+        .create(&ctx(), ROOT, c"prog", create_args(libc::S_IFREG | 0o4755))
+        .expect("create");
+    let h = h.expect("h");
+    assert_eq!(
+        fs::metadata(fx.share.join("prog")).expect("stat").mode() & 0o7777,
+        0o4755
+    );
+    // A plain truncate through setattr with KILL_SUIDGID clears it too.
+    let mut attr = e.attr;
+    attr.st_size = 0;
+    fs.setattr(
+        &ctx(),
+        e.inode,
+        attr,
+        Some(h),
+        SetattrValid::SIZE | SetattrValid::KILL_SUIDGID,
+    )
+    .expect("truncate");
+    assert_eq!(
+        fs::metadata(fx.share.join("prog")).expect("stat").mode() & 0o7777,
+        0o755
+    );
+    fs.release(&ctx(), e.inode, 0, h, false, false, None)
+        .expect("release");
+}

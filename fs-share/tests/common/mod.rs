@@ -120,6 +120,15 @@ pub fn pjdfstest() -> Result<PathBuf, String> {
     if bin.exists() {
         return Ok(bin);
     }
+    // Tests run in parallel processes: one builds, the others wait on the lock.
+    std::fs::create_dir_all(&root).map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+    let lock = std::fs::File::create(root.join(".pjdfstest.lock"))
+        .map_err(|e| format!("lock file: {e}"))?;
+    // SAFETY: flock on an fd we own; released when `lock` is dropped at return.
+    unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
+    if bin.exists() {
+        return Ok(bin);
+    }
     let st = Command::new("cargo")
         .args([
             "install",

@@ -14,9 +14,7 @@ kpkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: li
 key=$( { cat "$0"; echo "$kpkg"; for b in "$@"; do sha256sum "$b"; done; } | sha256sum | cut -c1-16)
 out=$cache/$key
 if [ -f "$out/initramfs.cpio.gz" ] && [ -f "$out/vmlinuz" ]; then echo "$out"; exit 0; fi
-busybox=$(command -v busybox || true)
-[ -x /bin/busybox ] && busybox=/bin/busybox
-file "$busybox" 2>/dev/null | grep -q static || busybox=/bin/busybox
+[ -x /bin/busybox ] || { echo "/bin/busybox missing (Debian busybox-static)" >&2; exit 1; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 ( cd "$work" && apt-get download "$kpkg" >/dev/null 2>&1 ) || { echo "apt-get download $kpkg failed" >&2; exit 1; }
@@ -84,9 +82,17 @@ sync
 poweroff -f
 I
 chmod +x "$root/init"
-mkdir -p "$out.tmp"
-( cd "$root" && find . | cpio -o -H newc --quiet | gzip -1 ) > "$out.tmp/initramfs.cpio.gz"
-cp "$work/k/boot/vmlinuz-$kver" "$out.tmp/vmlinuz"
-rm -rf "$out"
-mv "$out.tmp" "$out"
+# Build in a private dir and rename it into place, so concurrent test processes never see a
+# half-written asset (the loser of the race just discards its copy).
+mkdir -p "$cache"
+stage=$(mktemp -d "$cache/.stage.XXXXXX")
+( cd "$root" && find . | cpio -o -H newc --quiet | gzip -1 ) > "$stage/initramfs.cpio.gz"
+cp "$work/k/boot/vmlinuz-$kver" "$stage/vmlinuz"
+if ! mv -T "$stage" "$out" 2>/dev/null; then
+    if [ -f "$out/initramfs.cpio.gz" ] && [ -f "$out/vmlinuz" ]; then
+        rm -rf "$stage"
+    else
+        rm -rf "$out" && mv -T "$stage" "$out"
+    fi
+fi
 echo "$out"

@@ -8,7 +8,9 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn};
+use fuse_backend_rs::abi::fuse_abi::{
+    stat64, statvfs64, CreateIn, FOPEN_IN_KILL_SUIDGID, WRITE_KILL_PRIV,
+};
 use fuse_backend_rs::api::filesystem::{
     Context, DirEntry, Entry, FileSystem, FsOptions, GetxattrReply, ListxattrReply, OpenOptions,
     SetattrValid, ZeroCopyReader, ZeroCopyWriter,
@@ -40,6 +42,24 @@ fn is_write_open(flags: i32) -> bool {
 fn is_privileged_xattr(name: &CStr) -> bool {
     let b = name.to_bytes();
     b == b"security.capability" || b.starts_with(b"trusted.")
+}
+
+/// HANDLE_KILLPRIV_V2: the client asks us to drop setuid/setgid when an unprivileged
+/// writer modifies a file. We run with CAP_FSETID, so the host kernel would keep them: clear
+/// them ourselves (the host kernel still drops `security.capability` on every write).
+/// Negotiating this lets the client set SB_NOSEC, which saves a GETXATTR round trip per write.
+fn kill_suidgid(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    let st = ops::fstat(fd)?;
+    let mode = st.st_mode;
+    let sgid_exec = mode & libc::S_ISGID != 0 && mode & libc::S_IXGRP != 0;
+    if mode & libc::S_IFMT == libc::S_IFREG && (mode & libc::S_ISUID != 0 || sgid_exec) {
+        let mut new = mode & 0o7777 & !libc::S_ISUID;
+        if sgid_exec {
+            new &= !libc::S_ISGID;
+        }
+        ops::chmod_fd(fd, new)?;
+    }
+    Ok(())
 }
 
 impl PassthroughFs {
@@ -136,7 +156,8 @@ impl FileSystem for PassthroughFs {
         let mut opts = FsOptions::ASYNC_READ
             | FsOptions::BIG_WRITES
             | FsOptions::MAX_PAGES
-            | FsOptions::PARALLEL_DIROPS;
+            | FsOptions::PARALLEL_DIROPS
+            | FsOptions::HANDLE_KILLPRIV_V2;
         // READDIRPLUS returns entries the client may cache; with timeout 0 (cache none) they
         // are stale at once and every entry would be looked up twice, so it is off there.
         match self.cfg.cache {
@@ -231,6 +252,9 @@ impl FileSystem for PassthroughFs {
             match &open {
                 Some(h) => ops::ftruncate(h.file.as_fd(), size)?,
                 None => ops::truncate_fd(fd.as_fd(), size)?,
+            }
+            if valid.contains(SetattrValid::KILL_SUIDGID) && !valid.contains(SetattrValid::MODE) {
+                kill_suidgid(fd.as_fd())?;
             }
         }
         if valid.intersects(SetattrValid::ATIME | SetattrValid::MTIME) {
@@ -362,9 +386,15 @@ impl FileSystem for PassthroughFs {
     ) -> io::Result<Entry> {
         self.check_writable()?;
         crate::name::validate(newname)?;
-        let (_, fd) = self.inode(inode)?;
+        let (data, fd) = self.inode(inode)?;
         let (_, dir) = self.inode(newparent)?;
-        ops::link_fd(self.proc_fd.as_fd(), fd.as_fd(), dir.as_fd(), newname)?;
+        ops::link_fd(
+            self.proc_fd.as_fd(),
+            fd.as_fd(),
+            data.file_type == libc::S_IFLNK,
+            dir.as_fd(),
+            newname,
+        )?;
         self.lookup_name(newparent, newname)
     }
 
@@ -373,7 +403,7 @@ impl FileSystem for PassthroughFs {
         _ctx: &Context,
         inode: u64,
         flags: u32,
-        _fuse_flags: u32,
+        fuse_flags: u32,
     ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
         let flags = flags as i32 & OPEN_FLAGS_KEPT;
         if self.cfg.readonly && is_write_open(flags) {
@@ -389,6 +419,9 @@ impl FileSystem for PassthroughFs {
         }
         self.handles.check_room()?;
         let file = File::from(ops::reopen(self.proc_fd.as_fd(), fd.as_fd(), flags)?);
+        if flags & libc::O_TRUNC != 0 && fuse_flags & FOPEN_IN_KILL_SUIDGID != 0 {
+            kill_suidgid(file.as_fd())?;
+        }
         let h = self.handles.insert(OpenFile {
             inode,
             file,
@@ -427,6 +460,8 @@ impl FileSystem for PassthroughFs {
             self.set_owner(file.as_fd(), dir.as_fd(), ctx.uid, ctx.gid, Some(perm))?;
         } else if ops::fstat(file.as_fd())?.st_mode & libc::S_IFMT != libc::S_IFREG {
             return Err(err(libc::EACCES));
+        } else if flags & libc::O_TRUNC != 0 && args.fuse_flags & FOPEN_IN_KILL_SUIDGID != 0 {
+            kill_suidgid(file.as_fd())?;
         }
         let path_fd = ops::reopen(self.proc_fd.as_fd(), file.as_fd(), libc::O_PATH)?;
         let entry = self.entry_for(path_fd)?;
@@ -473,10 +508,13 @@ impl FileSystem for PassthroughFs {
         _lock_owner: Option<u64>,
         _delayed_write: bool,
         _flags: u32,
-        _fuse_flags: u32,
+        fuse_flags: u32,
     ) -> io::Result<usize> {
         self.check_writable()?;
         let h = self.handle_for(inode, handle)?;
+        if fuse_flags & WRITE_KILL_PRIV != 0 {
+            kill_suidgid(h.file.as_fd())?;
+        }
         // SAFETY: as in `read`: a non-owning view of an fd kept open by `h`.
         let mut f = ManuallyDrop::new(unsafe { File::from_raw_fd(h.file.as_raw_fd()) });
         r.read_to(&mut *f, size as usize, offset)

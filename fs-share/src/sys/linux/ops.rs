@@ -280,6 +280,7 @@ pub fn renameat2(
 pub fn link_fd(
     proc_fd: BorrowedFd<'_>,
     fd: BorrowedFd<'_>,
+    is_link: bool,
     newdir: BorrowedFd<'_>,
     newname: &CStr,
 ) -> io::Result<()> {
@@ -297,10 +298,13 @@ pub fn link_fd(
         return Ok(());
     }
     let err = io::Error::last_os_error();
-    if err.raw_os_error() != Some(libc::ENOENT) && err.raw_os_error() != Some(libc::EPERM) {
+    if is_link
+        || (err.raw_os_error() != Some(libc::ENOENT) && err.raw_os_error() != Some(libc::EPERM))
+    {
         return Err(err);
     }
     // Without CAP_DAC_READ_SEARCH, AT_EMPTY_PATH fails: link through our /proc/self/fd entry.
+    // Never for symlinks: AT_SYMLINK_FOLLOW must not get a chance to resolve their target.
     let name = fd_name(fd.as_raw_fd());
     // SAFETY: as above; the magic link is our own fd.
     cvt(unsafe {
