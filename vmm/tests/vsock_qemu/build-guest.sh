@@ -4,7 +4,8 @@
 # Output: $CACHE/vsock-guest/<hash>/{vmlinuz,initramfs.cpio.gz}; prints that directory. The hash
 # covers this script, vsock-util.c and the kernel package version.
 #
-# The guest's /init serves vsock ports 1234 (echo), 1235 (sink) and 1236 (source), then
+# The guest's /init serves vsock ports 1234 (echo), 1235 (sink) and 1236 (source) (and TCP
+# 7001-7003 likewise when it has a NIC), then
 # connects to the host: port 5000 with "guest-hello <vsock_token>" (printing
 # "GUEST-CONNECT <reply>") and port 5001, where nothing listens ("GUEST-REFUSED <result>"),
 # prints "GUEST-READY" and waits to be killed.
@@ -27,7 +28,7 @@ root=$work/root
 mkdir -p "$root"/{bin,sbin,etc,proc,sys,dev,tmp,lib/modules,usr/bin,usr/sbin}
 cp /bin/busybox "$root/bin/busybox"
 gcc -O2 -static -Wall -o "$root/usr/bin/vsock-util" "$here/vsock-util.c"
-mods="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport"
+mods="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport failover net_failover virtio_net"
 for m in $mods; do
     f=$(find "$work/k/lib/modules/$kver" -name "$m.ko*" | head -n1)
     [ -n "$f" ] || { echo "module $m not found" >&2; exit 1; }
@@ -50,6 +51,13 @@ done
 vsock-util echo 1234 &
 vsock-util sink 1235 &
 vsock-util source 1236 &
+# With a NIC (the benchmark's QEMU user networking): the same services on TCP 7001-7003.
+if ip link set eth0 up 2>/dev/null; then
+    ip addr add 10.0.2.15/24 dev eth0
+    vsock-util echo tcp:7001 &
+    vsock-util sink tcp:7002 &
+    vsock-util source tcp:7003 &
+fi
 token=\$(sed -n 's/.*vsock_token=\([^ ]*\).*/\1/p' /proc/cmdline)
 echo "GUEST-CONNECT \$(vsock-util connect 5000 "guest-hello \$token")"
 echo "GUEST-REFUSED \$(vsock-util connect 5001 x)"

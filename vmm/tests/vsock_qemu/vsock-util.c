@@ -4,6 +4,7 @@
  *                                 connection), then close
  *   vsock-util sink PORT          serve PORT: read until EOF, answer "<bytes>\n", close
  *   vsock-util source PORT        serve PORT: read a line "<bytes>\n", send that many bytes, close
+ *   (PORT may be tcp:N to serve TCP on 0.0.0.0:N instead, for the benchmark's TCP forward)
  *   vsock-util connect PORT MSG   connect to the host (CID 2) PORT, send MSG, shut down the write
  *                                 side, print what comes back; prints "ERR <errno name>" on a
  *                                 failed connect
@@ -19,6 +20,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <linux/vm_sockets.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 
 static char buf[1 << 16];
 
@@ -75,16 +78,25 @@ static void serve_source(int c) {
     }
 }
 
-static int serve(const char *mode, unsigned port) {
-    int s = socket(AF_VSOCK, SOCK_STREAM, 0);
+static int serve(const char *mode, const char *spec) {
+    int tcp = !strncmp(spec, "tcp:", 4);
+    unsigned port = (unsigned)atoi(tcp ? spec + 4 : spec);
+    int s = socket(tcp ? AF_INET : AF_VSOCK, SOCK_STREAM, 0);
     if (s < 0) { perror("socket"); return 1; }
+    int one = 1;
     struct sockaddr_vm a = { .svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY, .svm_port = port };
-    if (bind(s, (struct sockaddr *)&a, sizeof a) < 0) { perror("bind"); return 1; }
+    struct sockaddr_in in = { .sin_family = AF_INET, .sin_port = htons((unsigned short)port) };
+    if (tcp) setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if ((tcp ? bind(s, (struct sockaddr *)&in, sizeof in) : bind(s, (struct sockaddr *)&a, sizeof a)) < 0) {
+        perror("bind");
+        return 1;
+    }
     if (listen(s, 64) < 0) { perror("listen"); return 1; }
     signal(SIGCHLD, SIG_IGN);
     for (;;) {
         int c = accept(s, NULL, NULL);
         if (c < 0) { if (errno == EINTR) continue; perror("accept"); return 1; }
+        if (tcp) setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         if (fork() == 0) {
             close(s);
             if (!strcmp(mode, "echo")) serve_echo(c);
@@ -119,7 +131,7 @@ static int connect_host(unsigned port, const char *msg) {
 
 int main(int argc, char **argv) {
     if (argc == 3 && (!strcmp(argv[1], "echo") || !strcmp(argv[1], "sink") || !strcmp(argv[1], "source")))
-        return serve(argv[1], (unsigned)atoi(argv[2]));
+        return serve(argv[1], argv[2]);
     if (argc == 4 && !strcmp(argv[1], "connect"))
         return connect_host((unsigned)atoi(argv[2]), argv[3]);
     fprintf(stderr, "usage: vsock-util echo|sink|source PORT | connect PORT MSG\n");
