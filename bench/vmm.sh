@@ -26,18 +26,17 @@ VMM="$target/release/vmm" GUEST=target/test-guests/x86_64-unknown-none/release/t
 import os, statistics, subprocess, tempfile, time
 
 vmm, guest = os.environ["VMM"], os.environ["GUEST"]
-n, mem = int(os.environ["N"]), int(os.environ["MEM_MIB"])
-
-def args(cmdline):
-    return [vmm, "--kernel", guest, "--cmdline", cmdline, "--mem", str(mem),
-            "--cpus", "1", "--serial", "stdio"]
-
+n, base_mem = int(os.environ["N"]), int(os.environ["MEM_MIB"])
 rss_file = tempfile.NamedTemporaryFile(prefix="vmm-bench-rss-")
 
-def one_run(timed=True):
+def args(cmdline, mem, cpus):
+    return [vmm, "--kernel", guest, "--cmdline", cmdline, "--mem", str(mem),
+            "--cpus", str(cpus), "--serial", "stdio"]
+
+def one_run(mem, cpus, timed=True):
     # Peak RSS through /usr/bin/time -f %M: a Python child's ru_maxrss would include the
     # interpreter's pre-exec image. Timed runs start vmm directly (no extra fork+exec).
-    cmd = args("tests=none")
+    cmd = args("tests=none", mem, cpus)
     if not timed:
         cmd = ["/usr/bin/time", "-f", "%M", "-o", rss_file.name] + cmd
     t0 = time.perf_counter()
@@ -53,15 +52,14 @@ def one_run(timed=True):
     rss = int(open(rss_file.name).read().split()[-1]) if not timed else 0
     return (t1 - t0) * 1e3, (t2 - t0) * 1e3, rss  # ms, ms, KiB
 
-def resident_guest_kib():
-    """Run an idle guest, sample VmHWM and the guest-memory mapping's Rss."""
-    p = subprocess.Popen(args("tests=none idle=1500"), stdout=subprocess.PIPE,
+def resident_guest_kib(mem, cpus):
+    """Run an idle guest; sample VmHWM and the guest-memory mapping's Rss meanwhile."""
+    p = subprocess.Popen(args("tests=none idle=1500", mem, cpus), stdout=subprocess.PIPE,
                          stderr=subprocess.DEVNULL)
     p.stdout.read(1)
     time.sleep(0.3)
-    guest_rss, hwm = None, None
+    guest_rss, hwm, size = None, None, None
     with open(f"/proc/{p.pid}/smaps") as f:
-        size = None
         for line in f:
             if line.startswith("Size:"):
                 size = int(line.split()[1])
@@ -75,17 +73,21 @@ def resident_guest_kib():
     p.wait()
     return guest_rss, hwm
 
-one_run()  # warm the page cache
-runs = [one_run() for _ in range(n)]
-first = statistics.median(r[0] for r in runs)
-total = statistics.median(r[1] for r in runs)
-rss = statistics.median(one_run(timed=False)[2] for _ in range(max(3, n // 4)))
-guest_rss, hwm = resident_guest_kib()
-overhead = f"{(hwm - guest_rss) / 1024:.1f}" if guest_rss is not None and hwm else "n/a"
-print(f"vmm start -> first COM1 byte, {n} runs, guest --mem {mem} MiB, 1 vCPU")
-print(f"{'VMM':<34}{'first output ms':>16}{'exit ms':>10}{'peak RSS MiB':>14}{'RSS-guest MiB':>15}")
-print(f"{'vmm (this build, median)':<34}{first:>16.1f}{total:>10.1f}{rss / 1024:>14.1f}{overhead:>15}")
-print(f"{'firecracker (reference, TESTING.md)':<34}{'-':>16}{'15':>10}{'3.7':>14}{'-':>15}")
-if guest_rss is not None:
-    print(f"(idle guest sample: VmHWM {hwm} KiB, guest memory resident {guest_rss} KiB)")
+def row(label, mem, cpus):
+    one_run(mem, cpus)  # warm the page cache
+    runs = [one_run(mem, cpus) for _ in range(n)]
+    first = statistics.median(r[0] for r in runs)
+    total = statistics.median(r[1] for r in runs)
+    rss = statistics.median(one_run(mem, cpus, timed=False)[2] for _ in range(max(3, n // 4)))
+    guest_rss, hwm = resident_guest_kib(mem, cpus)
+    over = f"{(hwm - guest_rss) / 1024:.1f}" if guest_rss is not None and hwm else "n/a"
+    print(f"{label:<40}{first:>16.1f}{total:>10.1f}{rss / 1024:>14.1f}{over:>15}", flush=True)
+
+print(f"vmm process start -> first COM1 byte / -> exit after the guest's reset; median of {n} runs")
+print(f"{'VMM (guest --mem, --cpus)':<40}{'first output ms':>16}{'exit ms':>10}{'peak RSS MiB':>14}{'RSS-guest MiB':>15}")
+row(f"vmm, this build ({base_mem} MiB, 1 vCPU)", base_mem, 1)
+row("vmm, this build (1024 MiB, 1 vCPU)", 1024, 1)
+row(f"vmm, this build ({base_mem} MiB, 4 vCPUs)", base_mem, 4)
+print(f"{'firecracker (reference, not run: TESTING.md)':<40}{'-':>16}{'15':>10}{'3.7':>14}{'-':>15}")
+print("RSS-guest: VmHWM minus the guest-RAM mapping's resident size, sampled while an idle guest runs.")
 PY
