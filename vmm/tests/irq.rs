@@ -74,3 +74,35 @@ fn test_irq_event_idx_suppresses_until_used_event() {
     let l = run.ok("irq.evidx");
     assert_eq!(l.get("irqs_suppressed"), "0", "{}", run.dump());
 }
+
+/// The host's TSC rate in kHz from /proc/cpuinfo (the guest sees the same TSC).
+fn host_tsc_khz() -> Option<f64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz = info
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?;
+    mhz.trim().parse::<f64>().ok().map(|m| m * 1000.0)
+}
+
+#[test]
+fn test_lapic_timer_oneshot_wakes_hlt_on_time() {
+    if !require_kvm() {
+        return;
+    }
+    let run = VmSpec::guest(&guest_elf(), "timer").run();
+    run.assert_guest_passed();
+    let t = run.ok("timer");
+    let cycles: f64 = t.get("tsc_cycles").parse().expect("tsc_cycles");
+    let Some(khz) = host_tsc_khz() else {
+        return common::skip("no cpu MHz in /proc/cpuinfo: cannot convert the guest's TSC delta");
+    };
+    // 6,250,000 counts at KVM's 1 GHz APIC bus divided by 16 = 100 ms.
+    let ms = cycles / khz;
+    assert!(
+        (50.0..3000.0).contains(&ms),
+        "100 ms LAPIC timer took {ms:.1} ms\n{}",
+        run.dump()
+    );
+}

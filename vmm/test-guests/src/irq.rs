@@ -124,3 +124,25 @@ pub fn test_irq_evidx(n: usize, dev: MmioDev, r: &mut Report) {
         ),
     );
 }
+
+/// `timer`: a one-shot LAPIC timer of 100 ms (KVM's 1 GHz APIC bus / 16) wakes `hlt`;
+/// the TSC measures how long it took.
+pub fn test_timer(r: &mut Report) {
+    if lapic_enable().is_none() {
+        return r.fail("timer", format_args!("cannot map the local APIC"));
+    }
+    let t0 = crate::io::rdtsc();
+    watchdog_arm(6_250_000);
+    let mut halts = 0u32;
+    while WATCHDOG_FIRED.load(Ordering::SeqCst) == 0 && halts < 100_000 {
+        wait_for_interrupt();
+        halts += 1;
+    }
+    let cycles = crate::io::rdtsc().wrapping_sub(t0);
+    watchdog_disarm();
+    r.check(
+        "timer",
+        WATCHDOG_FIRED.load(Ordering::SeqCst) == 1,
+        format_args!("lapic_count=6250000 divide=16 tsc_cycles={cycles} halts={halts}"),
+    );
+}

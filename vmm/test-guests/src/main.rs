@@ -138,6 +138,9 @@ extern "C" fn guest_main(zero_page: u64) -> ! {
         // Stay up for `ms` (benchmarks sample the VMM's memory meanwhile).
         io::delay_ms(ms.min(60_000));
     }
+    if info.wants("timer") {
+        irq::test_timer(&mut r);
+    }
     if info.wants("serial_rx") {
         io::test_serial_rx(&mut r);
     }
