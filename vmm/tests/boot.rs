@@ -169,6 +169,10 @@ fn boot_and_check(kernel: &Path, dir: &Path, mem_mib: u32) -> VmRun {
         assert_eq!(top, mem, "e820 RAM top != --mem\n{}", run.dump());
     }
     check_layout(&run);
+    // Every RAM entry's first and last bytes are real memory (probed by the guest).
+    let probes: u32 = run.ok("boot.ram").get("probes").parse().expect("probes");
+    let ram_entries = run.ok("boot.e820map").get("map").matches(":1").count() as u32;
+    assert!(probes >= 2 * (ram_entries - 1), "{}", run.dump());
     assert!(
         total <= mem && total >= mem - (1 << 20),
         "e820 RAM total {total} vs --mem {mem}\n{}",

@@ -196,4 +196,38 @@ pub fn test_boot(info: &BootInfo, r: &mut Report) {
             format_args!("{} unparsable entries", info.bad_dev_entries),
         );
     }
+    test_ram_backed(zp, r);
+}
+
+/// Each e820 RAM entry above 1 MiB is really memory: a pattern written to its first
+/// and last 8 bytes reads back (then the old value is restored). An entry the VMM
+/// advertised but did not back would turn these accesses into MMIO exits.
+fn test_ram_backed(zp: u64, r: &mut Report) {
+    let n = usize::from(rd::<u8>(zp + 0x1e8)).min(128);
+    let mut probes = 0u32;
+    for i in 0..n {
+        let e = zp + 0x2d0 + 20 * i as u64;
+        let (addr, size, ty) = (rd::<u64>(e), rd::<u64>(e + 8), rd::<u32>(e + 16));
+        if ty != 1 || addr < 0x10_0000 || size < 16 {
+            continue;
+        }
+        for at in [addr, addr + size - 8] {
+            if !crate::mem::map_ram(at, 8) {
+                return r.fail("boot.ram", format_args!("cannot map {at:#x}"));
+            }
+            let old = rd::<u64>(at);
+            let pattern = 0x5a5a_0000_0000_0000 | at;
+            crate::io::wr::<u64>(at, pattern);
+            let back = rd::<u64>(at);
+            crate::io::wr::<u64>(at, old);
+            if back != pattern {
+                return r.fail(
+                    "boot.ram",
+                    format_args!("{at:#x} read back {back:#x}, wrote {pattern:#x}"),
+                );
+            }
+            probes += 1;
+        }
+    }
+    r.check("boot.ram", probes > 0, format_args!("probes={probes}"));
 }
