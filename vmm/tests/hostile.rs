@@ -147,3 +147,15 @@ fn test_hostile_rng_avail_index_jump_vmm_survives() {
 fn test_hostile_console_avail_index_jump_vmm_survives() {
     hostile_on("hostile_idx", "console");
 }
+
+#[test]
+fn test_hostile_out_of_order_setup_vmm_survives() {
+    if let Some(run) = hostile("hostile_setup") {
+        if run.status.and_then(|s| s.code()) == Some(0) {
+            run.ok("hostile.setup");
+            // FEATURES_OK for bits the device never offered must not stick (virtio 1.2
+            // §2.2.1: otherwise the device MUST fail to set FEATURES_OK).
+            run.ok("hostile.features");
+        }
+    }
+}

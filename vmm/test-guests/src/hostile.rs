@@ -67,6 +67,7 @@ pub fn run(mode: &str, mmio: Mmio, r: &mut Report) {
         "hostile_indirect" => "hostile.indirect",
         "hostile_pio" => "hostile.pio",
         "hostile_unmapped" => "hostile.unmapped",
+        "hostile_setup" => "hostile.setup",
         _ => return r.fail("hostile", format_args!("unknown mode {mode}")),
     };
     let mut b = match Blk::init(mmio) {
@@ -149,6 +150,19 @@ pub fn run(mode: &str, mmio: Mmio, r: &mut Report) {
             let sum = unmapped_abuse();
             crate::println!("hostile.unmapped: reads summed to {sum:#x}");
             report(r, name, false, 0, &mut b);
+        }
+        "hostile_setup" => {
+            let accepted = setup_abuse(mmio);
+            crate::println!(
+                "hostile.setup: unoffered features accepted={}",
+                accepted as u8
+            );
+            report(r, name, false, 0, &mut b);
+            r.check(
+                "hostile.features",
+                !accepted,
+                format_args!("unoffered_features_accepted={} (must be 0)", accepted as u8),
+            );
         }
         "hostile_ring" => {
             // Rings outside guest memory, then DRIVER_OK and a notify.
@@ -374,4 +388,57 @@ pub fn run_other(mode: &str, id: u32, mmio: Mmio, r: &mut Report) {
             done as u8
         ),
     );
+}
+
+/// Out-of-order and out-of-range set-up: unoffered feature bits, DRIVER_OK without
+/// FEATURES_OK, bad queue sizes, ring addresses changed while the queue runs. Returns
+/// whether the device accepted FEATURES_OK for a feature set it never offered.
+fn setup_abuse(m: Mmio) -> bool {
+    use crate::virtio::{S_ACK, S_DRIVER, S_DRIVER_OK, S_FEATURES_OK};
+    // Every feature bit, then FEATURES_OK: the device must refuse it.
+    let _ = m.reset();
+    m.w32(virtio::R_STATUS, S_ACK | S_DRIVER);
+    for sel in 0..2 {
+        m.w32(virtio::R_DRV_FEATURES_SEL, sel);
+        m.w32(virtio::R_DRV_FEATURES, 0xffff_ffff);
+    }
+    m.w32(virtio::R_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK);
+    let accepted = m.status() & S_FEATURES_OK != 0;
+    // DRIVER_OK without FEATURES_OK and without queues.
+    let _ = m.reset();
+    m.w32(virtio::R_STATUS, S_ACK | S_DRIVER | S_DRIVER_OK);
+    m.w32(virtio::R_QUEUE_NOTIFY, 0);
+    // Queue sizes 0, 15 (not a power of two) and 1024 (above the maximum), made ready.
+    let page = crate::mem::alloc_pages(1).unwrap_or(0x2_0000);
+    let rings = [
+        (virtio::R_QUEUE_DESC, 0u64),
+        (virtio::R_QUEUE_DRIVER, 0x400),
+        (virtio::R_QUEUE_DEVICE, 0x800),
+    ];
+    for num in [0u32, 15, 1024] {
+        let _ = m.reset();
+        if m.negotiate(0).is_err() {
+            continue;
+        }
+        m.w32(virtio::R_QUEUE_SEL, 0);
+        m.w32(virtio::R_QUEUE_NUM, num);
+        for (reg, off) in rings {
+            m.w32(reg, (page + off) as u32);
+            m.w32(reg + 4, 0);
+        }
+        m.w32(virtio::R_QUEUE_READY, 1);
+        m.driver_ok();
+        m.w32(virtio::R_QUEUE_NOTIFY, 0);
+    }
+    // A running queue whose rings move (to outside memory) and shrink under the device.
+    let _ = m.reset();
+    if m.negotiate(0).and_then(|_| m.setup_queue(0)).is_ok() {
+        m.driver_ok();
+        m.w32(virtio::R_QUEUE_NUM, 2);
+        m.w32(virtio::R_QUEUE_DESC + 4, 0x7fff);
+        m.w32(virtio::R_QUEUE_READY, 0);
+        m.w32(virtio::R_QUEUE_READY, 1);
+        m.w32(virtio::R_QUEUE_NOTIFY, 0);
+    }
+    accepted
 }

@@ -27,7 +27,7 @@ use report::Report;
 use virtio::Mmio;
 mod virtio;
 
-const HOSTILE: [&str; 10] = [
+const HOSTILE: [&str; 11] = [
     "hostile_oob",
     "hostile_loop",
     "hostile_len",
@@ -38,6 +38,7 @@ const HOSTILE: [&str; 10] = [
     "hostile_indirect",
     "hostile_pio",
     "hostile_unmapped",
+    "hostile_setup",
 ];
 
 #[no_mangle]
