@@ -11,7 +11,9 @@ use smoltcp::time::Instant;
 /// and allocating 64 KiB per frame costs page faults).
 #[derive(Debug)]
 pub struct FrameQueue {
-    pub rx: VecDeque<Vec<u8>>,
+    /// Guest frames for smoltcp: (buffer, frame length); buffers keep their full size so
+    /// they can be read into again without zeroing.
+    pub rx: VecDeque<(Vec<u8>, usize)>,
     rx_pool: Vec<Vec<u8>>,
     pub tx: TxQueue,
     max_rx: usize,
@@ -31,8 +33,11 @@ pub struct TxQueue {
 
 const POOL_MAX: usize = 64;
 
-fn recycle_into(pool: &mut Vec<Vec<u8>>, buf: Vec<u8>, frame_mtu: usize) {
-    if pool.len() < POOL_MAX && buf.capacity() <= 2 * frame_mtu {
+/// Buffers larger than this are freed rather than pooled.
+const POOL_BUF_MAX: usize = 256 * 1024;
+
+fn recycle_into(pool: &mut Vec<Vec<u8>>, buf: Vec<u8>, _frame_mtu: usize) {
+    if pool.len() < POOL_MAX && buf.capacity() <= POOL_BUF_MAX {
         pool.push(buf);
     }
 }
@@ -85,10 +90,37 @@ impl FrameQueue {
             return false;
         }
         let mut b = self.rx_pool.pop().unwrap_or_default();
-        b.clear();
-        b.extend_from_slice(frame);
-        self.rx.push_back(b);
+        if b.len() < frame.len() {
+            b.resize(frame.len(), 0);
+        }
+        b[..frame.len()].copy_from_slice(frame);
+        self.rx.push_back((b, frame.len()));
         true
+    }
+
+    /// Queues a guest frame that is already in a pool buffer (`buf[..len]`), without
+    /// copying; false (buffer recycled) when the queue is full.
+    pub fn push_rx_owned(&mut self, buf: Vec<u8>, len: usize) -> bool {
+        if self.rx.len() >= self.max_rx || len > buf.len() {
+            recycle_into(&mut self.rx_pool, buf, self.tx.frame_mtu);
+            return false;
+        }
+        self.rx.push_back((buf, len));
+        true
+    }
+
+    /// A receive buffer at least `size` bytes long (contents unspecified).
+    pub fn rx_buffer(&mut self, size: usize) -> Vec<u8> {
+        let mut b = self.rx_pool.pop().unwrap_or_default();
+        if b.len() < size {
+            b.resize(size, 0);
+        }
+        b
+    }
+
+    /// Returns a receive buffer to the pool.
+    pub fn recycle_rx(&mut self, buf: Vec<u8>) {
+        recycle_into(&mut self.rx_pool, buf, self.tx.frame_mtu);
     }
 
     /// Queues a frame for the guest; false (frame dropped) when the queue is full.
@@ -107,6 +139,7 @@ impl FrameQueue {
 
 pub struct RxTok<'a> {
     frame: Vec<u8>,
+    len: usize,
     pool: &'a mut Vec<Vec<u8>>,
     frame_mtu: usize,
 }
@@ -120,7 +153,7 @@ impl smoltcp::phy::RxToken for RxTok<'_> {
     where
         F: FnOnce(&[u8]) -> R,
     {
-        let r = f(&self.frame);
+        let r = f(self.frame.get(..self.len).unwrap_or_default());
         recycle_into(self.pool, self.frame, self.frame_mtu);
         r
     }
@@ -157,9 +190,10 @@ impl Device for FrameQueue {
     type TxToken<'a> = TxTok<'a>;
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(RxTok<'_>, TxTok<'_>)> {
-        let frame = self.rx.pop_front()?;
+        let (frame, len) = self.rx.pop_front()?;
         let rx = RxTok {
             frame,
+            len,
             pool: &mut self.rx_pool,
             frame_mtu: self.tx.frame_mtu,
         };

@@ -95,6 +95,27 @@ pub enum UserNetError {
     },
 }
 
+/// What became of a guest frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Malformed, unsupported or refused.
+    Dropped,
+    /// Consumed by a NAT table (DHCP, UDP, ICMP, held SYN).
+    Handled,
+    /// For smoltcp (ARP, TCP): queue it.
+    ToStack,
+}
+
+impl From<bool> for Verdict {
+    fn from(handled: bool) -> Self {
+        if handled {
+            Verdict::Handled
+        } else {
+            Verdict::Dropped
+        }
+    }
+}
+
 /// Counters, for tests and diagnostics.
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
@@ -307,18 +328,59 @@ impl UserNet {
     /// dropped (counted in [`Stats::rx_dropped`]).
     pub fn receive_frame(&mut self, frame: &[u8]) {
         self.stats.rx_frames += 1;
-        if !self.classify(frame) {
+        let ok = match self.classify(frame) {
+            Verdict::Dropped => false,
+            Verdict::Handled => true,
+            Verdict::ToStack => self.core.device.push_rx(frame),
+        };
+        if !ok {
             self.stats.rx_dropped += 1;
         }
     }
 
-    fn classify(&mut self, frame: &[u8]) -> bool {
+    /// A buffer at least `size` bytes long to read a guest frame into; hand it back with
+    /// [`UserNet::receive_frame_buf`] (or [`UserNet::recycle_rx_buffer`]). Together they
+    /// skip a copy of every TCP segment on the guest-to-host path.
+    pub fn rx_buffer(&mut self, size: usize) -> Vec<u8> {
+        self.core.device.rx_buffer(size)
+    }
+
+    /// Feeds `buf[..len]` as one guest frame, taking the buffer.
+    pub fn receive_frame_buf(&mut self, buf: Vec<u8>, len: usize) {
+        self.stats.rx_frames += 1;
+        let verdict = match buf.get(..len) {
+            Some(frame) => self.classify(frame),
+            None => Verdict::Dropped,
+        };
+        let ok = match verdict {
+            Verdict::ToStack => return self.push_owned(buf, len),
+            Verdict::Handled => true,
+            Verdict::Dropped => false,
+        };
+        self.core.device.recycle_rx(buf);
+        if !ok {
+            self.stats.rx_dropped += 1;
+        }
+    }
+
+    fn push_owned(&mut self, buf: Vec<u8>, len: usize) {
+        if !self.core.device.push_rx_owned(buf, len) {
+            self.stats.rx_dropped += 1;
+        }
+    }
+
+    /// Returns an unused buffer from [`UserNet::rx_buffer`].
+    pub fn recycle_rx_buffer(&mut self, buf: Vec<u8>) {
+        self.core.device.recycle_rx(buf);
+    }
+
+    fn classify(&mut self, frame: &[u8]) -> Verdict {
         let Ok(eth) = EthernetFrame::new_checked(frame) else {
-            return false;
+            return Verdict::Dropped;
         };
         let src = eth.src_addr();
         if !src.is_unicast() || src.0 == self.core.config.gateway_mac {
-            return false;
+            return Verdict::Dropped;
         }
         match eth.ethertype() {
             EthernetProtocol::Arp => {
@@ -326,31 +388,31 @@ impl UserNet {
                 // which breaks the guest's duplicate-address probes: pass on only what
                 // concerns the gateway/DNS addresses.
                 let Ok(arp) = ArpPacket::new_checked(eth.payload()) else {
-                    return false;
+                    return Verdict::Dropped;
                 };
                 let Ok(ArpRepr::EthernetIpv4 {
                     target_protocol_addr,
                     ..
                 }) = ArpRepr::parse(&arp)
                 else {
-                    return false;
+                    return Verdict::Dropped;
                 };
                 let cfg = &self.core.config;
                 if target_protocol_addr != cfg.gateway_ip && target_protocol_addr != cfg.dns_ip {
-                    return false;
+                    return Verdict::Dropped;
                 }
                 self.core.guest_mac = Some(src.0);
-                self.core.device.push_rx(frame)
+                Verdict::ToStack
             }
             EthernetProtocol::Ipv4 => {
                 let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
-                    return false;
+                    return Verdict::Dropped;
                 };
                 if self.core.config.verify_checksums && !ip.verify_checksum() {
-                    return false;
+                    return Verdict::Dropped;
                 }
                 if ip.more_frags() || ip.frag_offset() != 0 {
-                    return false;
+                    return Verdict::Dropped;
                 }
                 self.core.guest_mac = Some(src.0);
                 match ip.next_header() {
@@ -361,20 +423,21 @@ impl UserNet {
                         frame,
                         &mut self.dns,
                     ),
-                    IpProtocol::Udp => self.udp.guest_datagram(
+                    IpProtocol::Udp => Verdict::from(self.udp.guest_datagram(
                         &mut self.core,
                         self.poll.registry(),
                         &ip,
                         &mut self.dns,
-                    ),
-                    IpProtocol::Icmp => {
-                        self.icmp
-                            .guest_icmp(&mut self.core, self.poll.registry(), &ip)
-                    }
-                    _ => false,
+                    )),
+                    IpProtocol::Icmp => Verdict::from(self.icmp.guest_icmp(
+                        &mut self.core,
+                        self.poll.registry(),
+                        &ip,
+                    )),
+                    _ => Verdict::Dropped,
                 }
             }
-            _ => false,
+            _ => Verdict::Dropped,
         }
     }
 

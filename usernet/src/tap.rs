@@ -19,6 +19,9 @@ const SIGNAL_TOKEN: Token = Token(1);
 /// Frames read from the TAP per pass before the stack gets to run.
 const READ_BATCH: usize = 128;
 const VNET_HDR_LEN: usize = 12;
+/// Receive buffer size: the largest IPv4 packet plus an Ethernet header (GSO frames from
+/// the kernel never exceed 64 KiB either).
+const FRAME_BUF: usize = 65536 + 64;
 /// virtio_net_hdr.flags: checksum to be completed (CHECKSUM_PARTIAL).
 const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
 /// virtio_net_hdr.flags: checksum already verified.
@@ -204,7 +207,6 @@ pub fn serve(tap: &Tap, config: Config, on_ready: fn(&UserNet)) -> Result<(), Ta
         .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
         .map_err(TapError::Signals)?;
     on_ready(&net);
-    let mut buf = vec![0u8; 65536 + 64];
     let mut hdr = [0u8; VNET_HDR_LEN];
     let mut ready = Vec::new();
     let mut tap_readable = true;
@@ -225,16 +227,20 @@ pub fn serve(tap: &Tap, config: Config, on_ready: fn(&UserNet)) -> Result<(), Ta
         }
         let mut n = 0;
         while tap_readable && n < READ_BATCH {
-            match read_frame(fd, &mut hdr, &mut buf, vnet) {
+            let mut frame = net.rx_buffer(FRAME_BUF);
+            match read_frame(fd, &mut hdr, &mut frame, vnet) {
                 Ok(len) => {
                     n += 1;
-                    if let Some(frame) = buf.get(..len) {
-                        net.receive_frame(frame);
+                    net.receive_frame_buf(frame, len);
+                }
+                Err(e) => {
+                    net.recycle_rx_buffer(frame);
+                    match e.kind() {
+                        io::ErrorKind::WouldBlock => tap_readable = false,
+                        io::ErrorKind::Interrupted => {}
+                        _ => return Err(TapError::Io(e)),
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => tap_readable = false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(TapError::Io(e)),
             }
         }
         // Run the stack and flush until it stops producing (each flush may free room).

@@ -21,7 +21,7 @@ use smoltcp::wire::{IpListenEndpoint, Ipv4Packet, TcpPacket};
 
 use crate::dns::Resolvers;
 use crate::wire::tcp_rst_frame;
-use crate::{Core, PortForward, UserNetError, KIND_TCP, KIND_TCP_LISTEN};
+use crate::{Core, PortForward, UserNetError, Verdict, KIND_TCP, KIND_TCP_LISTEN};
 
 /// How long an outbound connect may take before the guest gets a RST.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -108,7 +108,7 @@ impl TcpNat {
         s
     }
 
-    /// Handles a TCP segment from the guest. Returns false if it was dropped.
+    /// Handles a TCP segment from the guest.
     pub fn guest_segment(
         &mut self,
         core: &mut Core,
@@ -116,25 +116,25 @@ impl TcpNat {
         ip: &Ipv4Packet<&[u8]>,
         frame: &[u8],
         dns: &mut Resolvers,
-    ) -> bool {
+    ) -> Verdict {
         let Ok(seg) = TcpPacket::new_checked(ip.payload()) else {
-            return false;
+            return Verdict::Dropped;
         };
         let is_syn = seg.syn() && !seg.ack() && !seg.rst() && !seg.fin();
         if !is_syn {
-            return core.device.push_rx(frame);
+            return Verdict::ToStack;
         }
         let guest = SocketAddrV4::new(ip.src_addr(), seg.src_port());
         let remote = SocketAddrV4::new(ip.dst_addr(), seg.dst_port());
         let key = (guest, remote);
         if self.conns.contains_key(&key) {
-            return core.device.push_rx(frame);
+            return Verdict::ToStack;
         }
         if self.pending.contains_key(&key) {
-            return true; // retransmitted SYN while connecting: keep waiting
+            return Verdict::Handled; // retransmitted SYN while connecting: keep waiting
         }
         if guest.port() == 0 || remote.port() == 0 {
-            return false;
+            return Verdict::Dropped;
         }
         let seq = seg.seq_number().0 as u32;
         let link = core.link();
@@ -147,7 +147,7 @@ impl TcpNat {
                 Some(seq.wrapping_add(1)),
             );
             core.device.push_tx(f);
-            true
+            Verdict::Handled
         };
         let limits = &core.config.limits;
         if self.pending.len() >= limits.max_pending_connects
@@ -191,7 +191,7 @@ impl TcpNat {
                 started: Instant::now(),
             },
         );
-        true
+        Verdict::Handled
     }
 
     /// Records readiness of a host socket (pending connect or connection).
