@@ -25,6 +25,8 @@ use backends::{sibling_program, Backend};
 pub const GUEST_CID: u32 = 3;
 /// How long the guest may take to reach Docker-ready (TCG on a busy 2-core host is slow).
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
+/// Guest TCP port of the agent's optional Docker bridge (see `VMCTL_DOCKER_TCP_PORT`).
+const DOCKER_TCP_GUEST_PORT: u16 = 2376;
 /// How long a graceful stop waits for the guest to power off.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -105,14 +107,24 @@ fn start_vm(
     let mut backends = Vec::new();
     set("starting usernet");
     let net_sock = inst.dir.join("net.sock");
+    let mut net_args = vec![
+        "stream".to_string(),
+        "--socket".into(),
+        net_sock.display().to_string(),
+    ];
+    // A debugging/benchmark knob: also expose dockerd over TCP on host 127.0.0.1:PORT through
+    // usernet (the agent bridges guest TCP 2376 to the Docker socket), to compare with vsock.
+    let docker_tcp = std::env::var("VMCTL_DOCKER_TCP_PORT")
+        .ok()
+        .and_then(|p| p.parse::<u16>().ok());
+    if let Some(port) = docker_tcp {
+        net_args.push("--forward".into());
+        net_args.push(format!("tcp:127.0.0.1:{port}:{DOCKER_TCP_GUEST_PORT}"));
+    }
     backends.push(Backend::start(
         "usernet",
         &sibling_program("usernet")?,
-        &[
-            "stream".into(),
-            "--socket".into(),
-            net_sock.display().to_string(),
-        ],
+        &net_args,
         &inst.log("usernet"),
         &net_sock,
     )?);
@@ -183,6 +195,10 @@ fn start_vm(
             &inst.name
         }
     ));
+    if docker_tcp.is_some() {
+        qc.cmdline_extra
+            .push(format!("vmctl.docker_tcp={DOCKER_TCP_GUEST_PORT}"));
+    }
     if !share_words.is_empty() {
         qc.cmdline_extra
             .push(format!("vmctl.share={}", share_words.join(",")));
