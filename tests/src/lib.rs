@@ -3,6 +3,7 @@
 
 pub mod guest;
 pub mod proc;
+pub mod cli_env;
 
 use std::path::{Path, PathBuf};
 
