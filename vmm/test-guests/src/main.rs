@@ -13,6 +13,7 @@ mod asm;
 mod blk;
 mod boot;
 mod devices;
+mod fuzz;
 mod hostile;
 mod io;
 mod irq;
@@ -133,6 +134,20 @@ extern "C" fn guest_main(zero_page: u64) -> ! {
                 Some(i) => hostile::run_other(mode, id, mmio(i), &mut r),
                 None => r.fail(mode, format_args!("no virtio device with id {id}")),
             }
+        }
+    }
+    if info.wants("fuzz") {
+        let seed = info
+            .arg("fuzz_seed")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(1);
+        let iters = info
+            .arg("fuzz_iters")
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(2000);
+        match first(ID_BLK) {
+            Some(i) => fuzz::test_fuzz(mmio(i), seed, iters, &mut r),
+            None => r.fail("fuzz", format_args!("no virtio-blk device")),
         }
     }
     if let Some(ms) = info.arg("idle").and_then(|v| v.parse::<u64>().ok()) {
