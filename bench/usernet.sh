@@ -3,15 +3,21 @@
 # Each engine serves a fresh network namespace; the "guest" is the namespace's Linux
 # stack. Host servers listen on 127.0.0.1 and are reached through the engine's gateway
 # address. Prints one table: iperf3 guest->host and host->guest, TCP connections/s
-# (connect + 1-byte request/answer + close) and 1-byte request/response latency p50/p99.
+# (connect + 1-byte request/answer + close) and 1-byte request/response latency p50/p99,
+# plus each engine's own CPU time per GB moved (utime+stime of the engine process during
+# the iperf3 runs): a figure that stays meaningful on a busy machine, where throughput
+# does not. ROUNDS rounds interleave the engines; the table shows medians.
 #
 #   sudo bench/usernet.sh [SECONDS_PER_IPERF_RUN]     (default 5; needs root)
+#   ROUNDS=3                      rounds (default 3)
 #   USERNET_BIN=path/to/usernet  to use a prebuilt binary
 #   ENGINES="usernet pasta"      to pick engines
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-5}
 ENGINES=${ENGINES:-"usernet pasta slirp4netns"}
+ROUNDS=${ROUNDS:-3}
+RESULTS=$(mktemp)
 [ "$(id -u)" = 0 ] || { echo "bench/usernet.sh: needs root (network namespaces)" >&2; exit 1; }
 for t in ip iperf3 python3 pasta slirp4netns; do
     command -v "$t" >/dev/null || { echo "missing $t (scripts/apt-packages/usernet.txt)" >&2; exit 1; }
@@ -30,6 +36,7 @@ cleanup() {
     wait 2>/dev/null || true
     [ -n "$NS" ] && ip netns delete "$NS" 2>/dev/null || true
     [ -n "$NS" ] && rm -rf "/etc/netns/$NS"
+    rm -f "$RESULTS" "$RESULTS.json"
 }
 trap cleanup EXIT
 
@@ -41,9 +48,23 @@ python3 bench/usernet/tcpbench.py server "$TCP_PORT" &
 PIDS+=($!)
 sleep 0.5
 
-gbits() { python3 -c 'import json,sys; d=json.load(sys.stdin); print("%.2f" % (d["end"]["sum_received"]["bits_per_second"]/1e9))'; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# iperf3 run: prints "Gbit/s CPU-seconds-per-GB" for engine process $1.
+iperf_run() {
+    local epid=$1; shift
+    local t0 t1
+    t0=$(cpu_ticks "$epid")
+    ip netns exec "$NS" iperf3 -J "$@" >"$RESULTS.json" || { echo "fail fail"; return; }
+    t1=$(cpu_ticks "$epid")
+    python3 - "$RESULTS.json" "$((t1 - t0))" "$(getconf CLK_TCK)" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))["end"]["sum_received"]
+cpu = int(sys.argv[2]) / int(sys.argv[3])
+print("%.2f %.2f" % (d["bits_per_second"] / 1e9, cpu / (d["bytes"] / 1e9)))
+PY
+}
 
-declare -A RES
+for round in $(seq "$ROUNDS"); do
 for eng in $ENGINES; do
     NS="unbench-$eng-$$"
     ip netns add "$NS"
@@ -71,11 +92,12 @@ for eng in $ENGINES; do
     done
     [ -z "$GW" ] && GW=$(ip netns exec "$NS" ip route | awk '/^default/ {print $3; exit}')
     sleep 0.3
-    up=$(ip netns exec "$NS" iperf3 -c "$GW" -p "$IPERF_PORT" -t "$DUR" -J | gbits || echo fail)
-    down=$(ip netns exec "$NS" iperf3 -c "$GW" -p "$IPERF_PORT" -t "$DUR" -R -J | gbits || echo fail)
+    read -r up upcpu <<<"$(iperf_run "$EPID" -c "$GW" -p "$IPERF_PORT" -t "$DUR")"
+    read -r down downcpu <<<"$(iperf_run "$EPID" -c "$GW" -p "$IPERF_PORT" -t "$DUR" -R)"
     crr=$(ip netns exec "$NS" python3 bench/usernet/tcpbench.py crr "$GW" "$TCP_PORT" 3 || echo fail)
     rr=$(ip netns exec "$NS" python3 bench/usernet/tcpbench.py rr "$GW" "$TCP_PORT" 5000 || echo "fail fail")
-    RES[$eng]="$up $down $crr $rr"
+    echo "$eng $up $down $upcpu $downcpu $crr $rr" >>"$RESULTS"
+    echo "round $round $eng: $up $down $upcpu $downcpu $crr $rr" >&2
     kill "$EPID" 2>/dev/null || true
     [ "$eng" = slirp4netns ] && kill "$SPID" 2>/dev/null || true
     wait "$EPID" 2>/dev/null || true
@@ -83,10 +105,29 @@ for eng in $ENGINES; do
     rm -rf "/etc/netns/$NS"
     NS=""
 done
-
-printf '\nusernet benchmark (%s s iperf3 runs, %s cores, %s)\n' "$DUR" "$(nproc)" "$(uname -r)"
-printf '%-12s %14s %14s %10s %10s %10s\n' engine "g->h Gbit/s" "h->g Gbit/s" "conn/s" "p50 us" "p99 us"
-for eng in $ENGINES; do
-    read -r up down crr p50 p99 <<<"${RES[$eng]}"
-    printf '%-12s %14s %14s %10s %10s %10s\n' "$eng" "$up" "$down" "$crr" "$p50" "$p99"
 done
+
+printf '\nusernet benchmark: %s rounds x %s s iperf3 runs, medians; %s cores, load %s, %s\n' \
+    "$ROUNDS" "$DUR" "$(nproc)" "$(cut -d' ' -f1-3 /proc/loadavg)" "$(uname -r)"
+python3 - "$RESULTS" $ENGINES <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    f = line.split()
+    rows.setdefault(f[0], []).append(f[1:])
+cols = ["g->h Gbit/s", "h->g Gbit/s", "g->h CPU s/GB", "h->g CPU s/GB", "conn/s", "p50 us", "p99 us"]
+print("%-12s" % "engine" + "".join("%15s" % c for c in cols))
+for eng in sys.argv[2:]:
+    out = []
+    for i in range(len(cols)):
+        vals = []
+        for r in rows.get(eng, []):
+            try:
+                vals.append(float(r[i]))
+            except (ValueError, IndexError):
+                pass
+        out.append("%.2f" % statistics.median(vals) if vals else "fail")
+        if vals and i >= 4:
+            out[-1] = "%.0f" % statistics.median(vals)
+    print("%-12s" % eng + "".join("%15s" % v for v in out))
+PY
