@@ -79,7 +79,7 @@ fn random_register(m: Mmio, rng: &mut Rng, rings: u64) {
         // Ring address registers: low halves inside the ring scratch, high halves 0.
         let reg = ring_regs[rng.below(6) as usize];
         let v = if reg & 4 == 0 {
-            rings + rng.below(RING_PAGES * 4096) & !0xf
+            (rings + rng.below(RING_PAGES * 4096)) & !0xf
         } else {
             0
         };
