@@ -300,22 +300,31 @@ impl Muxer {
             buf[..HDR_LEN].copy_from_slice(&h.encode());
             return Some(HDR_LEN);
         }
+        // Connections that have something but could not fit it into `buf` (a guest rx buffer
+        // too small for any payload) wait for the next buffer, not for this loop again.
+        let mut skipped = Vec::new();
+        let mut out = None;
         while let Some(key) = self.ready.pop_front() {
             let Some(conn) = self.conns.get_mut(&key) else {
                 continue;
             };
             conn.in_ready = false;
-            let out = conn.produce(buf);
+            out = conn.produce(buf);
             if conn.finished() {
                 self.remove(key);
-            } else {
+            } else if out.is_some() {
                 self.mark_ready(key);
+            } else {
+                skipped.push(key);
             }
             if out.is_some() {
-                return out;
+                break;
             }
         }
-        None
+        for key in skipped {
+            self.mark_ready(key);
+        }
+        out
     }
 
     /// Accepts host clients, reads their handshakes and notes which connections became
@@ -655,6 +664,24 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, MAX_PENDING_RST);
+    }
+
+    #[test]
+    fn test_rx_buffer_too_small_for_data_does_not_spin() {
+        let d = tempfile::tempdir().unwrap();
+        let mut m = muxer(d.path());
+        let l = UnixListener::bind(d.path().join("v.sock_8")).unwrap();
+        m.send_from_guest(&guest(OP_REQUEST, 1001, 8), &[]);
+        assert_eq!(rx(&mut m).unwrap().0.op, OP_RESPONSE);
+        let (mut s, _) = l.accept().unwrap();
+        s.write_all(b"data").unwrap();
+        pump(&mut m, |m| m.has_rx().then_some(()));
+        // A header-sized buffer: nothing fits, and the call returns.
+        let mut small = [0u8; HDR_LEN];
+        assert_eq!(m.next_rx(&mut small), None);
+        assert!(m.has_rx(), "the data still waits for a bigger buffer");
+        let (h, data) = rx(&mut m).unwrap();
+        assert_eq!((h.op, data.as_slice()), (OP_RW, &b"data"[..]));
     }
 
     #[test]
