@@ -79,9 +79,11 @@ mod cli {
     }
 
     pub fn main() -> i32 {
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-            .format_timestamp_millis()
-            .init();
+        env_logger::Builder::from_env(
+            env_logger::Env::default().default_filter_or("warn,virtio_queue=off"),
+        )
+        .format_timestamp_millis()
+        .init();
         let args = Args::parse();
         let cfg = VmConfig {
             kernel: args.kernel,

@@ -65,7 +65,6 @@ fn test_hostile_huge_descriptor_length_vmm_survives() {
 }
 
 #[test]
-#[ignore = "VMM bug filed in /work/prompts/vmm-bugs.md: virtio-blk busy-loops and floods stderr on a bogus avail idx"]
 fn test_hostile_avail_index_jump_vmm_survives() {
     hostile("hostile_idx");
 }
@@ -137,13 +136,11 @@ fn test_hostile_console_bad_chains_vmm_survives() {
 }
 
 #[test]
-#[ignore = "VMM bug filed in /work/prompts/vmm-bugs.md: virtio_queue logs every bogus-avail-idx notify unthrottled"]
 fn test_hostile_rng_avail_index_jump_vmm_survives() {
     hostile_on("hostile_idx", "rng");
 }
 
 #[test]
-#[ignore = "VMM bug filed in /work/prompts/vmm-bugs.md: virtio_queue logs every bogus-avail-idx notify unthrottled"]
 fn test_hostile_console_avail_index_jump_vmm_survives() {
     hostile_on("hostile_idx", "console");
 }

@@ -231,7 +231,6 @@ fn test_console_absent_without_flag() {
 }
 
 #[test]
-#[ignore = "VMM bug filed in /work/prompts/vmm-bugs.md: virtio-blk accepts sub-sector lengths and direction-less writes"]
 fn test_blk_malformed_requests_rejected() {
     if !require_kvm() {
         return;

@@ -18,8 +18,8 @@ use vm_memory::GuestMemoryMmap;
 
 use super::worker::{QueueHandler, Worker};
 use super::{
-    read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt, TYPE_BLOCK,
-    VIRTIO_RING_F_EVENT_IDX,
+    queue_usable, read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt,
+    TYPE_BLOCK, VIRTIO_RING_F_EVENT_IDX,
 };
 use crate::warn_ratelimited;
 
@@ -171,6 +171,9 @@ impl QueueHandler for BlockHandler {
         let mem = &self.mem;
         let mut used_any = false;
         loop {
+            if !queue_usable("virtio-blk", &self.queue, mem, &self.interrupt) {
+                break;
+            }
             if let Err(e) = self.queue.disable_notification(mem) {
                 warn_ratelimited!("virtio-blk: bad available ring: {e:?}");
                 return;
@@ -277,6 +280,26 @@ impl RequestProcessor {
         );
         if is_write && self.read_only {
             return VIRTIO_BLK_S_IOERR;
+        }
+        // Data must be whole sectors and flow one way: an IN may carry no driver data past
+        // its header, an OUT no device-writable buffer besides the status byte (otherwise the
+        // guest would believe data was written that never was).
+        match kind {
+            VIRTIO_BLK_T_IN
+                if reader.available_bytes() != 0
+                    || writer.available_bytes() as u64 % SECTOR_SIZE != 0 =>
+            {
+                warn_ratelimited!("virtio-blk: malformed read request");
+                return VIRTIO_BLK_S_IOERR;
+            }
+            VIRTIO_BLK_T_OUT
+                if writer.available_bytes() != 0
+                    || reader.available_bytes() as u64 % SECTOR_SIZE != 0 =>
+            {
+                warn_ratelimited!("virtio-blk: malformed write request");
+                return VIRTIO_BLK_S_IOERR;
+            }
+            _ => {}
         }
         match kind {
             VIRTIO_BLK_T_IN => {

@@ -9,7 +9,8 @@ use vm_memory::GuestMemoryMmap;
 
 use super::worker::{QueueHandler, Worker};
 use super::{
-    read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt, TYPE_CONSOLE,
+    queue_usable, read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt,
+    TYPE_CONSOLE,
 };
 use crate::warn_ratelimited;
 
@@ -93,6 +94,9 @@ impl QueueHandler for ConsoleHandler {
         let mem = &self.mem;
         let mut used = false;
         let queue = &mut self.queues[TX];
+        if !queue_usable("virtio-console", queue, mem, &self.interrupt) {
+            return;
+        }
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
             match chain.reader(mem) {

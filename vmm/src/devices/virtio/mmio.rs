@@ -118,7 +118,7 @@ impl MmioTransport {
         self.driver_features_sel = 0;
         self.queue_sel = 0;
         self.status = 0;
-        self.interrupt.ack(u32::MAX);
+        self.interrupt.reset();
     }
 
     fn build_queues(&self) -> Result<Vec<Queue>, String> {
@@ -238,6 +238,7 @@ impl MmioTransport {
             }
             0x44 => self.selected_queue().map_or(0, |q| u32::from(q.ready)),
             0x60 => self.interrupt.status(),
+            0x70 if self.interrupt.needs_reset() => self.status | STATUS_NEEDS_RESET,
             0x70 => self.status,
             // Shared memory regions: none (length -1).
             0xb0 | 0xb4 => u32::MAX,

@@ -12,7 +12,7 @@ pub mod rng;
 pub mod vsock;
 pub mod worker;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::Queue;
@@ -47,6 +47,7 @@ pub enum ActivateError {
 /// The device's interrupt: the InterruptStatus register the transport exposes, and the line.
 pub struct VirtioInterrupt {
     status: AtomicU32,
+    needs_reset: AtomicBool,
     line: Arc<dyn IrqLine>,
 }
 
@@ -54,8 +55,28 @@ impl VirtioInterrupt {
     pub fn new(line: Arc<dyn IrqLine>) -> Self {
         VirtioInterrupt {
             status: AtomicU32::new(0),
+            needs_reset: AtomicBool::new(false),
             line,
         }
+    }
+
+    /// Marks the device DEVICE_NEEDS_RESET and tells the driver (a config change interrupt,
+    /// as the spec asks). Set by a worker when the driver broke a queue; the transport
+    /// reports it in its status register.
+    pub fn signal_needs_reset(&self) {
+        if !self.needs_reset.swap(true, Ordering::SeqCst) {
+            self.signal(INT_CONFIG);
+        }
+    }
+
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::SeqCst)
+    }
+
+    /// Clears all state on a driver reset.
+    pub fn reset(&self) {
+        self.status.store(0, Ordering::SeqCst);
+        self.needs_reset.store(false, Ordering::SeqCst);
     }
 
     /// Tells the driver that used buffers are available.
@@ -110,6 +131,38 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
     /// Stops processing (driver reset); the device may be activated again.
     fn reset(&mut self);
+}
+
+/// Whether the driver has published more available entries than the queue holds, which no
+/// correct driver does. Processing such a ring would spin on the same error forever, so
+/// workers stop using the queue and ask for a reset instead.
+pub fn avail_ring_broken(queue: &virtio_queue::Queue, mem: &GuestMemoryMmap) -> bool {
+    use virtio_queue::QueueT;
+    match queue.avail_idx(mem, Ordering::Acquire) {
+        Ok(idx) => (idx - std::num::Wrapping(queue.next_avail())).0 > queue.size(),
+        Err(_) => true,
+    }
+}
+
+/// Whether a worker may process `queue` now: false once the device needs a reset, and
+/// false (after asking for the reset) when the driver broke the available ring.
+pub fn queue_usable(
+    name: &str,
+    queue: &virtio_queue::Queue,
+    mem: &GuestMemoryMmap,
+    interrupt: &VirtioInterrupt,
+) -> bool {
+    if interrupt.needs_reset() {
+        return false;
+    }
+    if avail_ring_broken(queue, mem) {
+        crate::warn_ratelimited!(
+            "{name}: driver published an impossible available index; device needs reset"
+        );
+        interrupt.signal_needs_reset();
+        return false;
+    }
+    true
 }
 
 /// Copies the `offset..` part of `config` into `data`, zero-filling what lies beyond it.

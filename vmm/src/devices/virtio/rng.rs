@@ -7,7 +7,9 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::worker::{QueueHandler, Worker};
-use super::{ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt, TYPE_RNG};
+use super::{
+    queue_usable, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt, TYPE_RNG,
+};
 use crate::warn_ratelimited;
 
 const QUEUE_SIZE: u16 = 64;
@@ -68,6 +70,9 @@ impl QueueHandler for RngHandler {
     fn process_queue(&mut self, _index: usize) {
         let mem = &self.mem;
         let mut used = false;
+        if !queue_usable("virtio-rng", &self.queue, mem, &self.interrupt) {
+            return;
+        }
         while let Some(chain) = self.queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
             let len = match chain.writer(mem) {
