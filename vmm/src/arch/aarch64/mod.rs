@@ -7,3 +7,6 @@ pub mod boot;
 pub mod fdt;
 pub mod image;
 pub mod layout;
+
+#[cfg(test)]
+mod qemu_tests;
