@@ -6,3 +6,5 @@ pub mod events;
 pub mod fusedev;
 #[cfg(target_os = "linux")]
 pub mod vhost_user;
+#[cfg(target_os = "linux")]
+pub mod virtio;

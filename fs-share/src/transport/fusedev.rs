@@ -34,8 +34,9 @@ pub fn mount_and_serve(
     let mut session = FuseSession::new(mountpoint, "fs-share", "", readonly)
         .map_err(|e| FuseDevError::Mount(mountpoint.to_path_buf(), e))?;
     // Other users (e.g. pjdfstest switching uids) must reach the mount; permissions are then
-    // checked by the kernel (`default_permissions`, always set by FuseSession).
-    session.set_allow_other(true);
+    // checked by the kernel (`default_permissions`, always set by FuseSession). Unprivileged
+    // mounts go through fusermount3, where allow_other needs user_allow_other in fuse.conf.
+    session.set_allow_other(fs.privileged());
     session
         .mount()
         .map_err(|e| FuseDevError::Mount(mountpoint.to_path_buf(), e))?;

@@ -6,8 +6,6 @@ use std::io;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use fuse_backend_rs::api::server::Server;
-use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringMutex, VringState, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -19,6 +17,7 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
+use super::virtio::VirtioFsHandler;
 use crate::sys::PassthroughFs;
 
 type Mem = GuestMemoryAtomic<GuestMemoryMmap>;
@@ -47,7 +46,7 @@ struct State {
 
 pub struct VhostUserFsBackend {
     fs: Arc<PassthroughFs>,
-    server: Server<Arc<PassthroughFs>>,
+    handler: VirtioFsHandler,
     state: RwLock<State>,
     tag: Option<String>,
 }
@@ -60,7 +59,7 @@ impl VhostUserFsBackend {
             }
         }
         Ok(VhostUserFsBackend {
-            server: Server::new(fs.clone()),
+            handler: VirtioFsHandler::new(fs.clone()),
             fs,
             state: RwLock::new(State {
                 mem: None,
@@ -86,24 +85,7 @@ impl VhostUserFsBackend {
         for chain in chains {
             used = true;
             let head = chain.head_index();
-            // A malformed chain from the guest gets an empty reply; the device keeps running.
-            let len = match (
-                Reader::from_descriptor_chain(&*guard, chain.clone()),
-                VirtioFsWriter::new(&*guard, chain),
-            ) {
-                (Ok(r), Ok(w)) => match self.server.handle_message(r, w.into(), None, None) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        tracing::debug!("virtio-fs request failed: {e}");
-                        0
-                    }
-                },
-                _ => {
-                    tracing::debug!("malformed virtio-fs descriptor chain");
-                    0
-                }
-            };
-            let len = u32::try_from(len).unwrap_or(0);
+            let len = self.handler.handle(&*guard, chain);
             if vring.add_used(head, len).is_err() {
                 tracing::warn!("could not return a used descriptor");
             }

@@ -307,7 +307,8 @@ impl PassthroughFs {
         self.cfg.owner_map
     }
 
-    pub(super) fn privileged(&self) -> bool {
+    /// The server runs as root (can chown, reopen file handles, mount with allow_other).
+    pub fn privileged(&self) -> bool {
         self.privileged
     }
 
