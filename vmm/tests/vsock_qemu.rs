@@ -60,8 +60,9 @@ struct Vm {
 
 impl Vm {
     /// Starts the backend on `dir/vhost.sock` (hybrid socket `dir/v.sock`) and QEMU with
-    /// `qemu_args` plus shared memory and the vsock device (`device` names its model).
-    fn start(dir: &Path, mem_mib: u32, device: &str, qemu_args: &[String]) -> Vm {
+    /// `qemu_args` plus shared memory and the vsock device (`device` names its model). A guest
+    /// reboot restarts the guest when `reboot`, else QEMU exits.
+    fn start(dir: &Path, mem_mib: u32, device: &str, qemu_args: &[String], reboot: bool) -> Vm {
         let vhost = dir.join("vhost.sock");
         let uds = dir.join("v.sock");
         let backend = Command::new(backend_bin())
@@ -95,7 +96,8 @@ impl Vm {
             .arg("-device")
             // No guest-cid property: QEMU reads the CID from the backend's config space.
             .arg(format!("{device},chardev=vsock"))
-            .args(["-nographic", "-no-reboot", "-nodefaults", "-serial"])
+            .args(["-nographic", "-nodefaults", "-serial"])
+            .args(if reboot { &[][..] } else { &["-no-reboot"][..] })
             .arg(format!("file:{}", serial.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -205,15 +207,20 @@ fn test_vsock_vhost_user_linux_guest_streams_credit_halfclose_and_rst() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let token = format!("t{:x}", run_seed());
-    // The host service the guest connects to: read to EOF, answer "echo:<data>", close.
+    // The host service the guest connects to (once per boot): read to EOF, answer
+    // "echo:<data>", close. The first message is reported.
     let listener = UnixListener::bind(dir.path().join("v.sock_5000")).expect("bind");
-    let host_service = std::thread::spawn(move || -> String {
-        let (mut s, _) = listener.accept().expect("accept the guest");
-        s.set_read_timeout(Some(Duration::from_secs(120))).ok();
-        let mut got = Vec::new();
-        s.read_to_end(&mut got).expect("read the guest's message");
-        s.write_all(b"echo:").and_then(|()| s.write_all(&got)).ok();
-        String::from_utf8_lossy(&got).into_owned()
+    let (first_tx, first_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { return };
+            s.set_read_timeout(Some(Duration::from_secs(120))).ok();
+            let mut got = Vec::new();
+            if s.read_to_end(&mut got).is_ok() {
+                s.write_all(b"echo:").and_then(|()| s.write_all(&got)).ok();
+                let _ = first_tx.send(String::from_utf8_lossy(&got).into_owned());
+            }
+        }
     });
     let args: Vec<String> = [
         "-accel",
@@ -232,14 +239,14 @@ fn test_vsock_vhost_user_linux_guest_streams_credit_halfclose_and_rst() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let vm = Vm::start(dir.path(), 256, "vhost-user-vsock-pci", &args);
+    let vm = Vm::start(dir.path(), 256, "vhost-user-vsock-pci", &args, true);
     vm.wait_console("GUEST-READY", Duration::from_secs(120));
 
     // Guest → host: the message reached <socket>_5000 and the answer came back.
-    assert_eq!(
-        host_service.join().expect("host service"),
-        format!("guest-hello {token}")
-    );
+    let first = first_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the guest's message");
+    assert_eq!(first, format!("guest-hello {token}"));
     assert_eq!(
         vm.console_value("GUEST-CONNECT "),
         format!("echo:guest-hello {token}")
@@ -294,6 +301,27 @@ fn test_vsock_vhost_user_linux_guest_streams_credit_halfclose_and_rst() {
     for w in workers {
         w.join().expect("concurrent echo");
     }
+
+    // Guest reboot: a connection held across it is dropped, and the same hybrid socket serves
+    // the new boot (the driver re-initialises the device; the backend stays up).
+    let mut held = vm.connect(1234).expect("CONNECT 1234 before the reboot");
+    held.write_all(b"ping").expect("send before the reboot");
+    let mut four = [0u8; 4];
+    held.read_exact(&mut four).expect("echo before the reboot");
+    let _ = vm.connect(1299); // the guest reboots on this connection
+    let mut rest = Vec::new();
+    let dropped = held.read_to_end(&mut rest);
+    assert!(
+        matches!(dropped, Ok(0)) || dropped.is_err(),
+        "held connection not dropped: {dropped:?} {rest:?}"
+    );
+    let end = Instant::now() + Duration::from_secs(120);
+    while vm.console().matches("GUEST-READY").count() < 2 {
+        assert!(Instant::now() < end, "no second boot:\n{}", vm.console());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let s = vm.connect(1234).expect("CONNECT 1234 after the reboot");
+    assert_eq!(echo_roundtrip(s, b"after-reboot".to_vec()), b"after-reboot");
 }
 
 /// The newest file named `name` under `~/.cache/vmctl/<kind>/*/`.
@@ -387,7 +415,7 @@ fn test_vsock_vhost_user_agent_control_and_docker_version() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let vm = Vm::start(dir.path(), 1024, "vhost-user-vsock-pci", &args);
+    let vm = Vm::start(dir.path(), 1024, "vhost-user-vsock-pci", &args, false);
 
     // The agent's control port answers Hello through the backend (retry while it boots).
     let end = Instant::now() + Duration::from_secs(120);

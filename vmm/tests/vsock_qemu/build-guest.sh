@@ -5,7 +5,7 @@
 # covers this script, vsock-util.c and the kernel package version.
 #
 # The guest's /init serves vsock ports 1234 (echo), 1235 (sink) and 1236 (source) (and TCP
-# 7001-7003 likewise when it has a NIC), then
+# 7001-7003 likewise when it has a NIC) and 1299 (a connection reboots the guest), then
 # connects to the host: port 5000 with "guest-hello <vsock_token>" (printing
 # "GUEST-CONNECT <reply>") and port 5001, where nothing listens ("GUEST-REFUSED <result>"),
 # prints "GUEST-READY" and waits to be killed.
@@ -51,6 +51,7 @@ done
 vsock-util echo 1234 &
 vsock-util sink 1235 &
 vsock-util source 1236 &
+vsock-util reboot 1299 &
 # With a NIC (the benchmark's QEMU user networking): the same services on TCP 7001-7003.
 if ip link set eth0 up 2>/dev/null; then
     ip addr add 10.0.2.15/24 dev eth0

@@ -4,6 +4,7 @@
  *                                 connection), then close
  *   vsock-util sink PORT          serve PORT: read until EOF, answer "<bytes>\n", close
  *   vsock-util source PORT        serve PORT: read a line "<bytes>\n", send that many bytes, close
+ *   vsock-util reboot PORT        serve PORT: on the first connection, sync and reboot the guest
  *   (PORT may be tcp:N to serve TCP on 0.0.0.0:N instead, for the benchmark's TCP forward)
  *   vsock-util connect PORT MSG   connect to the host (CID 2) PORT, send MSG, shut down the write
  *                                 side, print what comes back; prints "ERR <errno name>" on a
@@ -17,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/reboot.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <linux/vm_sockets.h>
@@ -97,6 +99,11 @@ static int serve(const char *mode, const char *spec) {
         int c = accept(s, NULL, NULL);
         if (c < 0) { if (errno == EINTR) continue; perror("accept"); return 1; }
         if (tcp) setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (!strcmp(mode, "reboot")) {
+            sync();
+            reboot(RB_AUTOBOOT);
+            return 1;
+        }
         if (fork() == 0) {
             close(s);
             if (!strcmp(mode, "echo")) serve_echo(c);
@@ -130,10 +137,11 @@ static int connect_host(unsigned port, const char *msg) {
 }
 
 int main(int argc, char **argv) {
-    if (argc == 3 && (!strcmp(argv[1], "echo") || !strcmp(argv[1], "sink") || !strcmp(argv[1], "source")))
+    if (argc == 3 && (!strcmp(argv[1], "echo") || !strcmp(argv[1], "sink") || !strcmp(argv[1], "source") ||
+                      !strcmp(argv[1], "reboot")))
         return serve(argv[1], argv[2]);
     if (argc == 4 && !strcmp(argv[1], "connect"))
         return connect_host((unsigned)atoi(argv[2]), argv[3]);
-    fprintf(stderr, "usage: vsock-util echo|sink|source PORT | connect PORT MSG\n");
+    fprintf(stderr, "usage: vsock-util echo|sink|source|reboot PORT | connect PORT MSG\n");
     return 64;
 }
