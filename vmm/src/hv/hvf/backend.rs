@@ -81,6 +81,7 @@ impl Hypervisor for Hvf {
             state: Mutex::new(State {
                 power: PowerTable::new(1),
                 irq_generation: 0,
+                next_to_create: 0,
             }),
             cond: Condvar::new(),
             created: AtomicBool::new(false),
@@ -115,6 +116,8 @@ struct State {
     power: PowerTable,
     /// Bumped on every device interrupt, to wake vCPUs sleeping in WFI.
     irq_generation: u64,
+    /// Framework vCPUs are created in index order (see `create_in_order`).
+    next_to_create: u8,
 }
 
 /// What the VM's vCPU threads share. Destroys the framework VM when the last user is gone
@@ -195,6 +198,7 @@ impl Vm for HvfVm {
             buf: [0; 8],
             vtimer_masked: false,
             last_exit: None,
+            booted: false,
         }))
     }
 
@@ -268,6 +272,8 @@ struct HvfVcpu {
     buf: [u8; 8],
     vtimer_masked: bool,
     last_exit: Option<hv_vcpu_exit_exception_t>,
+    /// The entry state (boot registers or a CPU_ON) has been applied.
+    booted: bool,
 }
 
 // SAFETY: the only non-Send field is the framework's exit-record pointer. It is created in
@@ -325,11 +331,38 @@ impl HvfVcpu {
         ffi::set_reg(vcpu, ffi::HV_REG_CPSR, PSTATE_EL1H_DAIF)
     }
 
+    /// Creates this vCPU's framework vCPU once every lower-numbered one exists, so creation
+    /// order (which the framework's GIC may use to pair vCPUs with redistributors) always
+    /// matches the MPIDR order the device tree gives, whatever order the threads start in.
+    /// False when kicked while waiting.
+    fn create_in_order(&mut self) -> Result<bool, HvError> {
+        let mut s = self.shared.lock();
+        while s.next_to_create != self.index {
+            if self.kicker.kicked.swap(false, Ordering::SeqCst) {
+                return Ok(false);
+            }
+            s = self.shared.cond.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+        let created = ffi::vcpu_create().and_then(|(vcpu, exit)| {
+            self.hv = Some((vcpu, exit, std::thread::current().id()));
+            self.kicker.vcpu.store(vcpu, Ordering::SeqCst);
+            ffi::set_sys_reg(vcpu, ffi::HV_SYS_REG_MPIDR_EL1, layout::mpidr(self.index))
+        });
+        // Let the next vCPU go on even if this one failed: its own error ends the VM.
+        s.next_to_create = s.next_to_create.saturating_add(1);
+        self.shared.cond.notify_all();
+        drop(s);
+        created.map(|()| true)
+    }
+
     /// Makes sure a powered-on framework vCPU exists; false when kicked while waiting.
     fn ensure_running(&mut self) -> Result<bool, HvError> {
+        if self.hv.is_none() && !self.create_in_order()? {
+            return Ok(false);
+        }
         let start = match self.wait_powered() {
             Start::Kicked => return Ok(false),
-            Start::Running if self.hv.is_some() => return Ok(true),
+            Start::Running if self.booted => return Ok(true),
             Start::Running => match &self.boot {
                 Some(b) => (b.pc, b.fdt),
                 None => {
@@ -341,14 +374,9 @@ impl HvfVcpu {
             },
             Start::New(entry, context) => (entry, context),
         };
-        if self.hv.is_none() {
-            let (vcpu, exit) = ffi::vcpu_create()?;
-            self.hv = Some((vcpu, exit, std::thread::current().id()));
-            self.kicker.vcpu.store(vcpu, Ordering::SeqCst);
-            ffi::set_sys_reg(vcpu, ffi::HV_SYS_REG_MPIDR_EL1, layout::mpidr(self.index))?;
-        }
         let (vcpu, _) = self.owner()?;
         self.enter(vcpu, start.0, start.1)?;
+        self.booted = true;
         Ok(true)
     }
 
@@ -532,7 +560,7 @@ impl Vcpu for HvfVcpu {
                 return Ok(VcpuExit::Interrupted);
             }
             let powered = self.shared.lock().power.state(self.index) == Some(psci::Power::On);
-            if !powered || self.hv.is_none() {
+            if !powered || !self.booted {
                 if !self.ensure_running()? {
                     return Ok(VcpuExit::Interrupted);
                 }
