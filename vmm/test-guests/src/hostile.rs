@@ -11,8 +11,10 @@ use crate::virtio::{self, Mmio, Queue, D_INDIRECT, D_NEXT, D_WRITE};
 const OUTSIDE: u64 = 0x0000_7fff_0000_0000;
 /// How long a bad request may take before the guest gives up on it (ms).
 const BAD_MS: u64 = 1000;
+/// Device status bit DEVICE_NEEDS_RESET.
+const NEEDS_RESET: u32 = 0x40;
 /// Notifies sent while the available index is bogus.
-const IDX_NOTIFIES: u32 = 20_000;
+const IDX_NOTIFIES: u32 = 5_000;
 
 /// Publishes a three-descriptor read whose descriptors the caller already corrupted.
 fn bad_read(b: &mut Blk, desc: &[(u64, u32, u16, u16)]) -> (bool, u8) {
@@ -29,7 +31,9 @@ fn bad_read(b: &mut Blk, desc: &[(u64, u32, u16, u16)]) -> (bool, u8) {
 /// A good read directly, else after a reset and re-initialisation.
 fn recover(b: &mut Blk) -> (&'static str, u32) {
     let dev_status = b.mmio.status();
-    if b.good_read() {
+    // A device that flagged DEVICE_NEEDS_RESET (or is not running) gets reset first.
+    let running = dev_status & (NEEDS_RESET | virtio::S_DRIVER_OK) == virtio::S_DRIVER_OK;
+    if running && b.good_read() {
         return ("direct", dev_status);
     }
     match Blk::init(b.mmio) {
@@ -153,6 +157,8 @@ pub fn run(mode: &str, mmio: Mmio, r: &mut Report) {
         }
         "hostile_setup" => {
             let accepted = setup_abuse(mmio);
+            // `b`'s queue is not the device's any more: recover through a reset.
+            let _ = mmio.reset();
             crate::println!(
                 "hostile.setup: unoffered features accepted={}",
                 accepted as u8
