@@ -45,6 +45,7 @@ pub mod fuzz;
 mod icmp;
 mod tcp;
 mod udp;
+mod udp_fwd;
 mod wire;
 
 #[cfg(target_os = "linux")]
@@ -77,6 +78,7 @@ pub(crate) const KIND_TCP: usize = 1;
 pub(crate) const KIND_TCP_LISTEN: usize = 2;
 pub(crate) const KIND_UDP: usize = 3;
 pub(crate) const KIND_ICMP: usize = 4;
+pub(crate) const KIND_UDP_LISTEN: usize = 5;
 
 /// Errors of the NAT core.
 #[derive(Debug, thiserror::Error)]
@@ -85,8 +87,6 @@ pub enum UserNetError {
     Config(#[from] ConfigError),
     #[error("Cannot create the event poller")]
     Poll(#[source] std::io::Error),
-    #[error("UDP port forwards are not supported yet ({0})")]
-    UdpForward(std::net::SocketAddr),
     #[error("Cannot listen on {addr} for a port forward")]
     Listen {
         addr: std::net::SocketAddr,
@@ -201,6 +201,7 @@ pub struct UserNet {
     ready: Vec<mio::Token>,
     tcp: tcp::TcpNat,
     udp: udp::UdpNat,
+    udp_fwd: udp_fwd::UdpForwards,
     icmp: icmp::IcmpNat,
     dns: dns::Resolvers,
     stats: Stats,
@@ -250,6 +251,7 @@ impl UserNet {
             ready: Vec::new(),
             tcp: tcp::TcpNat::new(),
             udp: udp::UdpNat::new(),
+            udp_fwd: udp_fwd::UdpForwards::new(),
             icmp: icmp::IcmpNat::new(),
             dns,
             stats: Stats::default(),
@@ -428,6 +430,7 @@ impl UserNet {
                         self.poll.registry(),
                         &ip,
                         &mut self.dns,
+                        &mut self.udp_fwd,
                     )),
                     IpProtocol::Icmp => Verdict::from(self.icmp.guest_icmp(
                         &mut self.core,
@@ -449,6 +452,7 @@ impl UserNet {
                 KIND_TCP => self.tcp.host_event(tok),
                 KIND_TCP_LISTEN => self.tcp.listener_event(tok),
                 KIND_UDP => self.udp.host_event(tok),
+                KIND_UDP_LISTEN => self.udp_fwd.host_event(tok),
                 KIND_ICMP => self.icmp.host_event(tok),
                 _ => {}
             }
@@ -464,10 +468,13 @@ impl UserNet {
         }
         self.core.pump();
         self.udp.service(&mut self.core, registry, &mut self.dns);
+        self.udp_fwd.service(&mut self.core);
         self.icmp.service(&mut self.core, registry);
         let now = std::time::Instant::now();
         self.udp
             .expire(now, registry, self.core.config.limits.udp_idle_timeout);
+        self.udp_fwd
+            .expire(now, self.core.config.limits.udp_idle_timeout);
         self.icmp.expire(now, registry);
         self.tcp.expire(&mut self.core, registry, now);
     }
@@ -517,7 +524,9 @@ impl UserNet {
             Proto::Tcp => self
                 .tcp
                 .add_forward(&mut self.core, self.poll.registry(), fwd),
-            Proto::Udp => Err(UserNetError::UdpForward(fwd.host)),
+            Proto::Udp => self
+                .udp_fwd
+                .add_forward(&mut self.core, self.poll.registry(), fwd),
         }
     }
 
@@ -525,13 +534,15 @@ impl UserNet {
     pub fn remove_forward(&mut self, fwd: &PortForward) {
         match fwd.proto {
             Proto::Tcp => self.tcp.remove_forward(self.poll.registry(), fwd),
-            Proto::Udp => {}
+            Proto::Udp => self.udp_fwd.remove_forward(self.poll.registry(), fwd),
         }
     }
 
     /// Host addresses the forwards are actually bound to (resolves port 0).
     pub fn forward_addrs(&self) -> Vec<(PortForward, std::net::SocketAddr)> {
-        self.tcp.forward_addrs()
+        let mut v = self.tcp.forward_addrs();
+        v.extend(self.udp_fwd.forward_addrs());
+        v
     }
 }
 

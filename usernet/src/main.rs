@@ -48,7 +48,7 @@ enum Cmd {
 
 #[derive(Args)]
 struct NetArgs {
-    /// Inbound port forward: tcp:[HOSTADDR:]HOSTPORT:GUESTPORT (repeatable).
+    /// Inbound port forward: tcp|udp:[HOSTADDR:]HOSTPORT:GUESTPORT (repeatable).
     #[arg(long = "forward", value_parser = PortForward::parse)]
     forwards: Vec<PortForward>,
     /// Guest address.

@@ -13,6 +13,7 @@ use mio::{Interest, Registry, Token};
 use smoltcp::wire::{IpAddress, Ipv4Packet, UdpPacket};
 
 use crate::dns::{local_answer, servfail, Resolvers};
+use crate::udp_fwd::UdpForwards;
 use crate::wire::udp_frame;
 use crate::{dhcp, Core, KIND_UDP};
 
@@ -66,6 +67,7 @@ impl UdpNat {
         registry: &Registry,
         ip: &Ipv4Packet<&[u8]>,
         dns: &mut Resolvers,
+        forwards: &mut UdpForwards,
     ) -> bool {
         let Ok(udp) = UdpPacket::new_checked(ip.payload()) else {
             return false;
@@ -86,6 +88,9 @@ impl UdpNat {
         }
         if guest.port() == 0 || remote.port() == 0 || ip.src_addr().is_unspecified() {
             return false;
+        }
+        if *remote.ip() == core.config.gateway_ip && forwards.guest_reply(remote.port(), payload) {
+            return true;
         }
         let is_dns = *remote.ip() == core.config.dns_ip && remote.port() == 53;
         if is_dns {

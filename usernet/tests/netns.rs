@@ -688,3 +688,51 @@ fn test_backpressure_bounds_buffering_when_guest_stops_reading() {
     let rss = rss_kib(pid);
     assert!(rss < 64 * 1024, "usernet RSS {rss} KiB");
 }
+
+#[test]
+fn test_inbound_udp_forward_round_trip() {
+    if skip_unless_root(&["ip"]) {
+        return;
+    }
+    let ns = Netns::new("ufwd");
+    let hp = {
+        let s = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        s.local_addr().expect("addr").port()
+    };
+    let _net = Usernet::tap(&ns, &["--forward", &format!("udp:{hp}:5353")]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let guest = ns.spawn(move || {
+        let s = UdpSocket::bind("0.0.0.0:5353").expect("guest bind");
+        tx.send(()).expect("ready");
+        s.set_read_timeout(Some(T)).expect("timeout");
+        let mut peers = Vec::new();
+        let mut buf = [0u8; 2048];
+        for _ in 0..2 {
+            let (n, from) = s.recv_from(&mut buf).expect("guest recv");
+            let mut reply = b"echo:".to_vec();
+            reply.extend_from_slice(&buf[..n]);
+            s.send_to(&reply, from).expect("guest reply");
+            peers.push(from);
+        }
+        peers
+    });
+    rx.recv_timeout(T).expect("guest ready");
+    // Two host peers: each gets its own answer.
+    let a = UdpSocket::bind("127.0.0.1:0").expect("a");
+    let b = UdpSocket::bind("127.0.0.1:0").expect("b");
+    for (s, msg) in [(&a, &b"from-a"[..]), (&b, &b"from-b"[..])] {
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s.send_to(msg, ("127.0.0.1", hp)).expect("send");
+        let mut buf = [0u8; 64];
+        let n = s.recv(&mut buf).expect("answer");
+        assert_eq!(&buf[..n], [&b"echo:"[..], msg].concat().as_slice());
+    }
+    let peers = guest.join().expect("guest");
+    assert!(peers.iter().all(|p| p.ip().to_string() == "10.0.2.2"));
+    assert_ne!(
+        peers[0].port(),
+        peers[1].port(),
+        "one gateway port per host peer"
+    );
+}
