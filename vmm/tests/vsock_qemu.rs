@@ -52,7 +52,7 @@ fn vsock_guest_assets() -> Result<PathBuf, String> {
 
 /// The backend and QEMU for one test, killed on drop.
 struct Vm {
-    _qemu: ChildGuard,
+    qemu: std::sync::Mutex<ChildGuard>,
     _backend: ChildGuard,
     serial: PathBuf,
     uds: PathBuf,
@@ -96,18 +96,26 @@ impl Vm {
             .arg("-device")
             // No guest-cid property: QEMU reads the CID from the backend's config space.
             .arg(format!("{device},chardev=vsock"))
-            .args(["-nographic", "-nodefaults", "-serial"])
             .args(if reboot { &[][..] } else { &["-no-reboot"][..] })
+            .args(["-nographic", "-nodefaults", "-serial"])
             .arg(format!("file:{}", serial.display()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
             .expect("spawn qemu");
         Vm {
-            _qemu: ChildGuard(qemu),
+            qemu: std::sync::Mutex::new(ChildGuard(qemu)),
             _backend: backend,
             serial,
             uds,
+        }
+    }
+
+    /// Panics when QEMU has exited (so a failed start does not wait for a timeout).
+    fn assert_running(&self) {
+        let mut q = self.qemu.lock().unwrap_or_else(|p| p.into_inner());
+        if let Ok(Some(st)) = q.0.try_wait() {
+            panic!("qemu exited ({st}):\n{}", self.console());
         }
     }
 
@@ -119,6 +127,7 @@ impl Vm {
     fn wait_console(&self, needle: &str, limit: Duration) {
         let end = Instant::now() + limit;
         while !self.console().contains(needle) {
+            self.assert_running();
             assert!(
                 Instant::now() < end,
                 "no {needle:?} on the console within {limit:?}:\n{}",
@@ -429,6 +438,7 @@ fn test_vsock_vhost_user_agent_control_and_docker_version() {
                 }
             }
         }
+        vm.assert_running();
         assert!(
             Instant::now() < end,
             "the agent's control port did not answer:\n{}",
@@ -445,14 +455,17 @@ fn test_vsock_vhost_user_agent_control_and_docker_version() {
         vm.uds.clone(),
         2375,
     );
-    let end = Instant::now() + Duration::from_secs(120);
-    loop {
-        let out = Command::new("docker")
+    let docker = |args: &[&str]| {
+        Command::new("docker")
             .arg("-H")
             .arg(format!("unix://{}", docker_sock.display()))
-            .args(["version", "--format", "{{.Server.Version}}"])
+            .args(args)
             .output()
-            .expect("run docker");
+            .expect("run docker")
+    };
+    let end = Instant::now() + Duration::from_secs(120);
+    loop {
+        let out = docker(&["version", "--format", "{{.Server.Version}}"]);
         let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if out.status.success() && !version.is_empty() {
             break;
@@ -464,5 +477,21 @@ fn test_vsock_vhost_user_agent_control_and_docker_version() {
             vm.console()
         );
         std::thread::sleep(Duration::from_secs(1));
+    }
+    // Concurrent clients, each its own vsock connection through the relay.
+    let outs: Vec<_> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..20)
+            .map(|_| sc.spawn(|| docker(&["version", "--format", "{{.Server.Version}}"])))
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("docker thread"))
+            .collect()
+    });
+    for o in &outs {
+        assert!(
+            o.status.success() && !o.stdout.is_empty(),
+            "concurrent docker version failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
 }
