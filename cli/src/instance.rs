@@ -164,24 +164,19 @@ impl Instance {
         process_alive(pid).then_some(pid)
     }
 
-    /// Removes what a crashed supervisor left behind (sockets, pid file); disks stay.
+    /// Removes what a stopped or crashed supervisor left behind (its pid file and every
+    /// socket: docker, control, vsock and its per-port listeners, backends'); disks stay.
     pub fn clean_stale(&self) -> Vec<PathBuf> {
         let mut removed = Vec::new();
-        for p in [
-            self.pid_file(),
-            self.docker_sock(),
-            self.control_sock(),
-            self.vsock_sock(),
-        ] {
-            if p.exists() && std::fs::remove_file(&p).is_ok() {
-                removed.push(p);
-            }
+        let pid = self.pid_file();
+        if pid.exists() && std::fs::remove_file(&pid).is_ok() {
+            removed.push(pid);
         }
-        // vsock listener sockets `vsock.sock_PORT` created by the supervisor.
         if let Ok(rd) = std::fs::read_dir(&self.dir) {
             for e in rd.flatten() {
                 let n = e.file_name().to_string_lossy().into_owned();
-                if n.starts_with("vsock.sock_") && std::fs::remove_file(e.path()).is_ok() {
+                let is_socket = n.ends_with(".sock") || n.contains(".sock_");
+                if is_socket && std::fs::remove_file(e.path()).is_ok() {
                     removed.push(e.path());
                 }
             }

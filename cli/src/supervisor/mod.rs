@@ -207,7 +207,12 @@ fn start_vm(
     let vm = QemuVm::start(&qc, None)?;
     {
         let mut s = state.blocking_lock();
-        s.engine_reason = format!("{}; QEMU accelerator: {:?}", s.engine_reason, vm.accel());
+        s.engine_reason = format!(
+            "{}; QEMU uses {} ({})",
+            s.engine_reason,
+            vm.accel().accel.as_str(),
+            vm.accel().reason
+        );
     }
     Ok(Running {
         qemu: vm,
