@@ -132,7 +132,10 @@ impl Guest {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match Control::connect(self.control_port) {
-                Ok(c) => return c,
+                Ok(mut c) => {
+                    c.console = Some(self.console_log.clone());
+                    return c;
+                }
                 Err(e) if Instant::now() > deadline => panic!("control connection: {e}"),
                 Err(_) => std::thread::sleep(Duration::from_millis(200)),
             }
@@ -172,6 +175,8 @@ pub struct Control {
     reader: FrameReader<TcpStream>,
     writer: TcpStream,
     pub agent: String,
+    /// The guest console, shown when the connection fails.
+    console: Option<PathBuf>,
 }
 
 impl Control {
@@ -185,6 +190,7 @@ impl Control {
             reader,
             writer,
             agent,
+            console: None,
         })
     }
 
@@ -193,7 +199,20 @@ impl Control {
     }
 
     pub fn recv(&mut self) -> Response {
-        self.reader.expect::<Response>().expect("read response")
+        match self.reader.expect::<Response>() {
+            Ok(r) => r,
+            Err(e) => {
+                let console = self
+                    .console
+                    .as_ref()
+                    .and_then(|p| std::fs::read(p).ok())
+                    .unwrap_or_default();
+                panic!(
+                    "control connection: {e}\n--- console tail ---\n{}",
+                    console_tail(&String::from_utf8_lossy(&console), 30)
+                )
+            }
+        }
     }
 
     pub fn call(&mut self, req: &Request) -> Response {

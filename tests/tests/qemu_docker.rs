@@ -166,12 +166,15 @@ fn test_qemu_guest_docker_cli_scenarios_and_data_survive_reboot() {
         }
         other => panic!("health: {other:?}"),
     }
-    let (out, _, code) = c.exec(&["uname", "-r"], b"");
+    // Each exec session owns its connection (the agent closes it after `exited`).
+    let (out, _, code) = g.control().exec(&["uname", "-r"], b"");
     assert_eq!(code, Some(0));
     assert!(out.contains("vmctl"), "guest kernel release: {out}");
-    let (out, _, code) = c.exec(&["sh", "-c", "cat; exit 7"], b"stdin reaches the guest");
+    let (out, _, code) = g
+        .control()
+        .exec(&["sh", "-c", "cat; exit 7"], b"stdin reaches the guest");
     assert_eq!((out.as_str(), code), ("stdin reaches the guest", Some(7)));
-    let (mounts, _, _) = c.exec(&["cat", "/proc/mounts"], b"");
+    let (mounts, _, _) = g.control().exec(&["cat", "/proc/mounts"], b"");
     let docker_fs = mounts.lines().find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
         (f.get(1) == Some(&"/var/lib/docker"))

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub use accel::{Accel, AccelChoice};
-pub use args::{HostFwd, Net, QemuConfig, DATA_DISK_SERIAL};
+pub use args::{HostFwd, Machine, Net, QemuConfig, DATA_DISK_SERIAL};
 
 /// Errors of the qemu engine.
 #[derive(Debug, thiserror::Error)]
