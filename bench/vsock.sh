@@ -11,6 +11,12 @@
 # in-process device runs the same muxer, but on this PVM host only freestanding test guests
 # boot there (no Linux network stack to compare against), so it has no row here.
 #
+# Second table, when the project's kernel and root image are cached (~/.cache/vmctl): the
+# Docker socket path — `docker version` latency (median of DOCKER_N CLI runs) and `docker load`
+# of a DOCKER_LOAD_MIB image (random bytes, one layer) — through a unix socket relayed to
+# guest vsock port 2375 (as the supervisor's docker.sock does) versus the guest agent's TCP
+# bridge (vmctl.docker_tcp=2375) behind a QEMU hostfwd. DOCKER=0 skips it.
+#
 # Usage: bench/vsock.sh [SIZE_MIB] [N]     (defaults 128 and 2000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -168,4 +174,120 @@ for name, c in rows:
     up = to_guest(c)
     down = from_guest(c)
     print(f"{name:<28} {p50:>11.0f} {p99:>11.0f} {conn:>11.0f} {up:>18.1f} {down:>18.1f}")
+PY
+
+# ---- Docker through the hybrid socket vs a TCP forward --------------------------------------
+[ "${DOCKER:-1}" = 1 ] || exit 0
+newest() { ls -t "$@" 2>/dev/null | head -n1; }
+cache=${VMCTL_CACHE:-$HOME/.cache/vmctl}
+kernel=$(newest "$cache"/kernel/*/bzImage)
+rootfs=$(newest "$cache"/rootfs/*/rootfs.squashfs)
+if [ -z "$kernel" ] || [ -z "$rootfs" ] || ! command -v docker >/dev/null; then
+    echo "docker table skipped: needs the project kernel + root image in $cache and the docker CLI"
+    exit 0
+fi
+for ((i=${#pids[@]}-1; i>=0; i--)); do kill "${pids[i]}" 2>/dev/null || true; wait "${pids[i]}" 2>/dev/null || true; done
+pids=()
+rm -f "$work/vhost.sock" "$work/v.sock" "$work/serial.log"
+"$target/release/vmm-vsock-backend" --socket "$work/vhost.sock" --uds-path "$work/v.sock" \
+    --guest-cid 3 --once &
+pids+=($!)
+for _ in $(seq 100); do [ -S "$work/vhost.sock" ] && break; sleep 0.05; done
+dport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+qemu-system-x86_64 -M pc -accel tcg -cpu max -smp 2 -m 2048M \
+    -object memory-backend-memfd,id=mem,size=2048M,share=on -numa node,memdev=mem \
+    -chardev socket,id=vs,path="$work/vhost.sock" -device vhost-user-vsock-pci,chardev=vs \
+    -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$dport-:2375" -device virtio-net-pci,netdev=n0 \
+    -drive "id=root,file=$rootfs,format=raw,if=none,readonly=on" -device virtio-blk-pci,drive=root \
+    -kernel "$kernel" \
+    -append "console=ttyS0 root=/dev/vda rootfstype=squashfs ro init=/sbin/init panic=-1 loglevel=4 ip=dhcp vmctl.docker_tcp=2375" \
+    -nographic -no-reboot -nodefaults -serial "file:$work/serial.log" </dev/null >/dev/null 2>"$work/qemu.err" &
+pids+=($!)
+for _ in $(seq 1800); do grep -q "docker ready" "$work/serial.log" 2>/dev/null && break; sleep 0.1; done
+grep -q "docker ready" "$work/serial.log" || { echo "dockerd did not come up:"; tail -20 "$work/serial.log"; exit 1; }
+
+WORK="$work" DPORT="$dport" LOAD_MIB="${DOCKER_LOAD_MIB:-200}" DN="${DOCKER_N:-10}" python3 - <<'PY'
+import hashlib, io, json, os, socket, statistics, subprocess, tarfile, threading, time
+
+work, dport = os.environ["WORK"], int(os.environ["DPORT"])
+load_mib, dn = int(os.environ["LOAD_MIB"]), int(os.environ["DN"])
+
+# docker.sock relay: each client gets its own CONNECT 2375 on the hybrid socket.
+def pump(a, b):
+    try:
+        while (d := a.recv(1 << 18)):
+            b.sendall(d)
+    except OSError:
+        pass
+    try:
+        b.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+def relay(client):
+    g = socket.socket(socket.AF_UNIX)
+    g.connect(f"{work}/v.sock")
+    g.sendall(b"CONNECT 2375\n")
+    line = b""
+    while not line.endswith(b"\n"):
+        b = g.recv(1)
+        if not b:
+            client.close()
+            return
+        line += b
+    threading.Thread(target=pump, args=(client, g), daemon=True).start()
+    pump(g, client)
+
+lsock = socket.socket(socket.AF_UNIX)
+lsock.bind(f"{work}/docker.sock")
+lsock.listen(64)
+threading.Thread(target=lambda: [threading.Thread(target=relay, args=(lsock.accept()[0],), daemon=True).start() for _ in iter(int, 1)], daemon=True).start()
+
+hosts = [("docker.sock → vsock 2375", f"unix://{work}/docker.sock"), ("TCP forward (hostfwd)", f"tcp://127.0.0.1:{dport}")]
+
+def docker(host, *args, stdin=None):
+    return subprocess.run(["docker", "-H", host, *args], stdin=stdin, capture_output=True, check=True)
+
+# A one-layer image of random bytes (incompressible), in `docker save` format.
+img = f"{work}/image.tar"
+blob = os.urandom(1 << 20)
+layer = io.BytesIO()
+with tarfile.open(fileobj=layer, mode="w") as t:
+    info = tarfile.TarInfo("blob")
+    info.size = load_mib << 20
+    class Rep(io.RawIOBase):
+        def __init__(self): self.left = info.size
+        def readable(self): return True
+        def readinto(self, b):
+            n = min(len(b), self.left, len(blob)); b[:n] = blob[:n]; self.left -= n; return n
+    t.addfile(info, io.BufferedReader(Rep(), 1 << 20))
+layer_bytes = layer.getvalue()
+diff = hashlib.sha256(layer_bytes).hexdigest()
+config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                     "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff}"]}}).encode()
+cid = hashlib.sha256(config).hexdigest()
+manifest = json.dumps([{"Config": f"{cid}.json", "RepoTags": ["vsockbench:latest"],
+                        "Layers": [f"{diff}/layer.tar"]}]).encode()
+with tarfile.open(img, "w") as t:
+    for name, data in ((f"{cid}.json", config), (f"{diff}/layer.tar", layer_bytes), ("manifest.json", manifest)):
+        ti = tarfile.TarInfo(name); ti.size = len(data); t.addfile(ti, io.BytesIO(data))
+del layer_bytes, layer
+
+print()
+print(f"docker through the forwarded socket: QEMU TCG guest, dockerd in the project image")
+print(f"{'path':<28} {'docker version p50 ms':>22} {'docker load ' + str(load_mib) + ' MiB s':>22} {'MiB/s':>8}")
+for name, host in hosts:
+    docker(host, "version")
+    samples = []
+    for _ in range(dn):
+        t = time.perf_counter(); docker(host, "version"); samples.append(time.perf_counter() - t)
+    try:
+        docker(host, "rmi", "-f", "vsockbench:latest")
+    except subprocess.CalledProcessError:
+        pass
+    t = time.perf_counter()
+    with open(img, "rb") as f:
+        docker(host, "load", stdin=f)
+    dt = time.perf_counter() - t
+    print(f"{name:<28} {statistics.median(samples) * 1e3:>22.0f} {dt:>22.1f} {load_mib / dt:>8.1f}")
 PY
