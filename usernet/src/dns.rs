@@ -3,7 +3,6 @@
 //! answer for when the host has no usable nameserver, so the guest fails fast, not slowly.
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -14,8 +13,8 @@ const RECHECK: Duration = Duration::from_millis(500);
 #[derive(Debug)]
 pub struct Resolvers {
     path: PathBuf,
-    /// (inode, size, mtime ns) of the file last read; `None` if it was missing.
-    stamp: Option<(u64, u64, i128)>,
+    /// (inode, size, mtime) of the file last read; `None` if it was missing.
+    stamp: Option<(u64, u64, Option<std::time::SystemTime>)>,
     checked: Option<Instant>,
     servers: Vec<SocketAddr>,
     /// Index of the server queries go to; advanced when one stops answering.
@@ -36,13 +35,9 @@ impl Resolvers {
     }
 
     fn reload(&mut self) {
-        let stamp = std::fs::metadata(&self.path).ok().map(|m| {
-            (
-                m.ino(),
-                m.size(),
-                i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
-            )
-        });
+        let stamp = std::fs::metadata(&self.path)
+            .ok()
+            .map(|m| (inode(&m), m.len(), m.modified().ok()));
         if stamp == self.stamp && self.checked.is_some() {
             return;
         }
@@ -85,6 +80,18 @@ impl Resolvers {
             self.current = (self.current + 1) % self.servers.len();
         }
     }
+}
+
+/// The inode number (0 where there is none): a file replaced by rename is a change even
+/// if size and mtime match.
+#[cfg(unix)]
+fn inode(m: &std::fs::Metadata) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(m)
+}
+
+#[cfg(not(unix))]
+fn inode(_: &std::fs::Metadata) -> u64 {
+    0
 }
 
 /// IPv4 `nameserver` lines of a resolv.conf, as port-53 socket addresses.

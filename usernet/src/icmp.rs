@@ -6,16 +6,42 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use mio::unix::SourceFd;
-use mio::{Interest, Registry, Token};
+use mio::{Registry, Token};
 use smoltcp::wire::{Icmpv4Message, Icmpv4Packet, Ipv4Packet};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::wire::{icmp_frame, internet_checksum};
 use crate::{Core, KIND_ICMP};
+
+/// mio has no wrapper for a socket2 ICMP socket: register its fd directly.
+#[cfg(unix)]
+fn register(registry: &Registry, sock: &Socket, token: Token) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    registry.register(
+        &mut mio::unix::SourceFd(&sock.as_raw_fd()),
+        token,
+        mio::Interest::READABLE,
+    )
+}
+
+#[cfg(unix)]
+fn deregister(registry: &Registry, sock: &Socket) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    registry.deregister(&mut mio::unix::SourceFd(&sock.as_raw_fd()))
+}
+
+/// Windows has no ping sockets (its ICMP API is IcmpSendEcho): only the gateway answers.
+#[cfg(not(unix))]
+fn register(_: &Registry, _: &Socket, _: Token) -> io::Result<()> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+#[cfg(not(unix))]
+fn deregister(_: &Registry, _: &Socket) -> io::Result<()> {
+    Ok(())
+}
 
 const IDLE: Duration = Duration::from_secs(10);
 
@@ -127,10 +153,7 @@ impl IcmpNat {
             return false;
         }
         let token = core.token(KIND_ICMP);
-        if registry
-            .register(&mut SourceFd(&sock.as_raw_fd()), token, Interest::READABLE)
-            .is_err()
-        {
+        if register(registry, &sock, token).is_err() {
             return false;
         }
         self.tokens.insert(token, key);
@@ -149,7 +172,7 @@ impl IcmpNat {
     fn remove(&mut self, registry: &Registry, key: &FlowKey) {
         if let Some(f) = self.flows.remove(key) {
             self.tokens.remove(&f.token);
-            let _ = registry.deregister(&mut SourceFd(&f.sock.as_raw_fd()));
+            let _ = deregister(registry, &f.sock);
         }
     }
 

@@ -50,11 +50,13 @@ mod wire;
 
 #[cfg(target_os = "linux")]
 pub mod netcfg;
+#[cfg(unix)]
 pub mod stream;
 #[cfg(target_os = "linux")]
 pub mod tap;
 
 use std::net::Ipv4Addr;
+#[cfg(unix)]
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
@@ -546,6 +548,7 @@ impl UserNet {
     }
 }
 
+#[cfg(unix)]
 impl AsRawFd for UserNet {
     /// The epoll fd: readable when host sockets have events for [`UserNet::wait`].
     fn as_raw_fd(&self) -> RawFd {

@@ -1,11 +1,19 @@
 //! `usernet`: user-mode NAT networking for a VM or a network namespace.
 
+#![cfg_attr(not(unix), allow(unused))]
+
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use usernet::{Config, PortForward};
+
+#[cfg(not(unix))]
+fn main() {
+    eprintln!("usernet: the TAP and QEMU stream transports are Unix-only; use the library");
+    std::process::exit(2);
+}
 
 #[derive(Parser)]
 #[command(
@@ -20,6 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Create a TAP device in a network namespace, configure it and serve it until killed.
+    #[cfg(target_os = "linux")]
     Tap {
         /// Network namespace file, e.g. /run/netns/NAME or /proc/PID/ns/net.
         #[arg(long)]
@@ -37,6 +46,7 @@ enum Cmd {
         net: NetArgs,
     },
     /// Serve QEMU's `-netdev stream` protocol on a unix socket.
+    #[cfg(unix)]
     Stream {
         /// Unix socket path to listen on (QEMU connects with server=off).
         #[arg(long)]
@@ -89,6 +99,7 @@ impl NetArgs {
     }
 }
 
+#[cfg(unix)]
 fn raise_fd_limit() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -103,6 +114,7 @@ fn raise_fd_limit() {
     }
 }
 
+#[cfg(unix)]
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -114,6 +126,7 @@ fn main() -> anyhow::Result<()> {
     raise_fd_limit();
     let cli = Cli::parse();
     match cli.cmd {
+        #[cfg(target_os = "linux")]
         Cmd::Tap {
             netns,
             ifname,
@@ -129,6 +142,7 @@ fn main() -> anyhow::Result<()> {
             };
             usernet::tap::run(&opts, net.config()).context("usernet tap failed")
         }
+        #[cfg(unix)]
         Cmd::Stream { socket, net } => {
             usernet::stream::run(&socket, net.config()).context("usernet stream failed")
         }
