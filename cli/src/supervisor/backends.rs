@@ -3,6 +3,7 @@
 //! processes keep a crash in one backend from taking the supervisor (and the Docker socket)
 //! down; each dies with the supervisor (PR_SET_PDEATHSIG) and is killed on drop.
 
+#[cfg(target_os = "linux")]
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -75,6 +76,9 @@ impl Backend {
         let err = out.try_clone().map_err(spawn_err)?;
         let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        // Backends die with the supervisor. Linux only: elsewhere `vmctl start` kills
+        // leftovers of a crashed supervisor instead (instance::kill_leftovers).
+        #[cfg(target_os = "linux")]
         // SAFETY: pre_exec runs in the forked child before exec; prctl is async-signal-safe
         // and touches no memory shared with the parent.
         unsafe {
