@@ -83,7 +83,7 @@ impl ShareConfig {
             allow_setuid: false,
             allow_devices: false,
             max_inodes: 1 << 20,
-            max_inode_fds: 4096,
+            max_inode_fds: 16384,
             max_open_files: 8192,
         }
     }

@@ -128,6 +128,26 @@ impl<H> InodeTable<H> {
         Ok(data)
     }
 
+    /// Takes one lookup reference on the inode currently mapped to `key` if `live(data)`
+    /// holds (the caller knows the host object is still the same one), without building a new
+    /// host handle. Returns None when there is no such inode or `live` says no.
+    pub fn acquire_live(
+        &self,
+        key: InodeKey,
+        file_type: u32,
+        live: impl FnOnce(&InodeData<H>) -> bool,
+    ) -> Option<Arc<InodeData<H>>> {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        let id = inner.by_key.get(&key).copied()?;
+        let slot = inner.by_id.get_mut(&id)?;
+        if slot.data.file_type != file_type || !live(&slot.data) {
+            return None;
+        }
+        slot.refcount = slot.refcount.saturating_add(1);
+        Some(slot.data.clone())
+    }
+
     /// Drops `count` lookup references; returns true when the inode was removed.
     pub fn forget(&self, id: u64, count: u64) -> bool {
         if id == ROOT_ID {

@@ -75,7 +75,7 @@ struct ShareArgs {
     #[arg(long, default_value_t = 1 << 20)]
     max_inodes: usize,
     /// Most O_PATH fds cached for inodes.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 16384)]
     max_inode_fds: usize,
     /// Most files the guest may hold open.
     #[arg(long, default_value_t = 8192)]
