@@ -63,6 +63,8 @@ struct Listener {
 pub struct TcpNat {
     pending: HashMap<FlowKey, Pending>,
     pending_tokens: HashMap<Token, FlowKey>,
+    /// Pending connects whose socket reported an event (only these are checked).
+    pending_ready: Vec<FlowKey>,
     conns: HashMap<FlowKey, Conn>,
     conn_tokens: HashMap<Token, FlowKey>,
     listeners: HashMap<Token, Listener>,
@@ -80,6 +82,7 @@ impl TcpNat {
         Self {
             pending: HashMap::new(),
             pending_tokens: HashMap::new(),
+            pending_ready: Vec::new(),
             conns: HashMap::new(),
             conn_tokens: HashMap::new(),
             listeners: HashMap::new(),
@@ -123,6 +126,12 @@ impl TcpNat {
         let is_syn = seg.syn() && !seg.ack() && !seg.rst() && !seg.fin();
         if !is_syn {
             return Verdict::ToStack;
+        }
+        // smoltcp verifies the other segments; a SYN is acted on here, before it.
+        if core.config.verify_checksums
+            && !seg.verify_checksum(&ip.src_addr().into(), &ip.dst_addr().into())
+        {
+            return Verdict::Dropped;
         }
         let guest = SocketAddrV4::new(ip.src_addr(), seg.src_port());
         let remote = SocketAddrV4::new(ip.dst_addr(), seg.dst_port());
@@ -202,7 +211,9 @@ impl TcpNat {
                 c.writable = true;
             }
         }
-        // Pending connects are checked in finish_connects on every pass.
+        if let Some(key) = self.pending_tokens.get(&token) {
+            self.pending_ready.push(*key);
+        }
     }
 
     pub fn listener_event(&mut self, token: Token) {
@@ -213,18 +224,22 @@ impl TcpNat {
 
     /// Completes outbound connects whose host side finished (or failed).
     pub fn finish_connects(&mut self, core: &mut Core, registry: &Registry) {
-        if self.pending.is_empty() {
+        if self.pending_ready.is_empty() {
             return;
         }
         let mut done = Vec::new();
-        for (key, p) in &self.pending {
+        let ready = std::mem::take(&mut self.pending_ready);
+        for key in ready {
+            let Some(p) = self.pending.get(&key) else {
+                continue;
+            };
             match p.stream.take_error() {
-                Ok(Some(e)) => done.push((*key, Err(e))),
-                Err(e) => done.push((*key, Err(e))),
+                Ok(Some(e)) => done.push((key, Err(e))),
+                Err(e) => done.push((key, Err(e))),
                 Ok(None) => match p.stream.peer_addr() {
-                    Ok(_) => done.push((*key, Ok(()))),
+                    Ok(_) => done.push((key, Ok(()))),
                     Err(e) if e.kind() == io::ErrorKind::NotConnected => {}
-                    Err(e) => done.push((*key, Err(e))),
+                    Err(e) => done.push((key, Err(e))),
                 },
             }
         }
