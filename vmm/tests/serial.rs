@@ -88,3 +88,29 @@ fn test_no_rng_flag_leaves_only_disks() {
         .collect();
     assert_eq!(ids, ["2"], "{}", run.dump());
 }
+
+#[test]
+fn test_serial_interrupts_thr_empty_and_rx_reach_irq4() {
+    if !require_kvm() {
+        return;
+    }
+    let word = format!("vmctl-irq-{:x}", run_seed());
+    let mut spec = VmSpec::guest(&guest_elf(), "serial_irq");
+    spec.stdin = Some(format!("{word}\n").into_bytes());
+    // Sent once the guest listens: a 16550 raises no interrupt for data that was
+    // already waiting when the guest enabled data-ready interrupts in vm-superio.
+    spec.stdin_after = Some("SERIAL irq armed".into());
+    let run = spec.run();
+    run.assert_guest_passed();
+    // Linux's 8250 driver depends on both: THR-empty (IIR 0x2) for output, data-ready
+    // (IIR 0x4) for input, delivered on IRQ 4 through the IOAPIC.
+    let l = run.ok("serial.irq");
+    assert_eq!(l.get("got"), word, "{}", run.dump());
+    let seen = u32::from_str_radix(l.get("iir_seen").trim_start_matches("0x"), 16).expect("iir");
+    assert_eq!(
+        seen & 0x14,
+        0x14,
+        "IIR causes seen {seen:#x}\n{}",
+        run.dump()
+    );
+}

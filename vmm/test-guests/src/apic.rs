@@ -9,6 +9,7 @@ pub const LAPIC: u64 = 0xfee0_0000;
 pub const IOAPIC: u64 = 0xfec0_0000;
 pub const VEC_DEVICE: u8 = 0x40;
 pub const VEC_WATCHDOG: u8 = 0x41;
+pub const VEC_SERIAL: u8 = 0x42;
 pub const VEC_SPURIOUS: u8 = 0xff;
 
 const L_ID: u64 = 0x20;
@@ -25,6 +26,7 @@ extern "C" {
     static EXC_STUBS: [u64; 32];
     fn irq_stub_64();
     fn irq_stub_65();
+    fn irq_stub_66();
     fn irq_stub_255();
 }
 
@@ -32,6 +34,9 @@ extern "C" {
 pub static DEVICE_IRQS: AtomicU32 = AtomicU32::new(0);
 /// InterruptStatus bits seen by the handler, ORed.
 pub static DEVICE_ISR_BITS: AtomicU32 = AtomicU32::new(0);
+/// COM1 interrupts handled (vector 0x42), and the IIR values they found, ORed as bits.
+pub static SERIAL_IRQS: AtomicU32 = AtomicU32::new(0);
+pub static SERIAL_IIR_SEEN: AtomicU32 = AtomicU32::new(0);
 /// Set when the LAPIC watchdog timer fired.
 pub static WATCHDOG_FIRED: AtomicU32 = AtomicU32::new(0);
 /// The virtio-mmio window whose interrupt is routed to VEC_DEVICE.
@@ -58,6 +63,7 @@ pub fn init_idt() -> bool {
     }
     set_gate(idt, VEC_DEVICE, irq_stub_64 as *const () as u64);
     set_gate(idt, VEC_WATCHDOG, irq_stub_65 as *const () as u64);
+    set_gate(idt, VEC_SERIAL, irq_stub_66 as *const () as u64);
     set_gate(idt, VEC_SPURIOUS, irq_stub_255 as *const () as u64);
     let desc: [u16; 5] = [
         4095,
@@ -180,6 +186,13 @@ extern "C" fn guest_irq(vector: u32) {
         }
         0x41 => {
             WATCHDOG_FIRED.store(1, Ordering::SeqCst);
+            eoi();
+        }
+        0x42 => {
+            // Reading IIR acknowledges a THR-empty interrupt; the main loop drains RX.
+            let iir = crate::io::inb(0x3fa);
+            SERIAL_IIR_SEEN.fetch_or(1 << (iir & 0xf), Ordering::SeqCst);
+            SERIAL_IRQS.fetch_add(1, Ordering::SeqCst);
             eoi();
         }
         _ => {}

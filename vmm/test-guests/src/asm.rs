@@ -129,6 +129,7 @@ irq_stub_\v:
     .endm
     IRQ_STUB 64
     IRQ_STUB 65
+    IRQ_STUB 66
     IRQ_STUB 255
 "#,
     options(att_syntax)

@@ -146,3 +146,74 @@ pub fn test_timer(r: &mut Report) {
         format_args!("lapic_count=6250000 divide=16 tsc_cycles={cycles} halts={halts}"),
     );
 }
+
+/// `serial_irq`: COM1 on IRQ 4 (IOAPIC pin 4 -> vector 0x42), as Linux's 8250 driver
+/// runs it: THR-empty interrupts for output and data-ready interrupts for input (the
+/// host test writes a line to the VMM's stdin).
+pub fn test_serial_irq(r: &mut Report) {
+    use crate::apic::{SERIAL_IIR_SEEN, SERIAL_IRQS, VEC_SERIAL};
+    use crate::io::{inb, outb};
+    if lapic_enable().is_none() {
+        return r.fail("serial.irq", format_args!("cannot map the local APIC"));
+    }
+    if let Err(e) = ioapic_route(4, VEC_SERIAL) {
+        return r.fail("serial.irq", format_args!("irq 4: {e}"));
+    }
+    crate::println!("SERIAL waiting for a line");
+    SERIAL_IRQS.store(0, Ordering::SeqCst);
+    // DTR | RTS | OUT2 (OUT2 gates the UART interrupt on PCs), then THR-empty interrupts.
+    outb(0x3fc, 0x0b);
+    outb(0x3f9, 0x02);
+    watchdog_arm(WATCHDOG_COUNT);
+    while SERIAL_IRQS.load(Ordering::SeqCst) == 0 && WATCHDOG_FIRED.load(Ordering::SeqCst) == 0 {
+        wait_for_interrupt();
+    }
+    watchdog_disarm();
+    let thri = SERIAL_IRQS.load(Ordering::SeqCst);
+    // Now data-ready interrupts only (after draining what already arrived): each wakes
+    // us to drain RBR until a newline. The host sends its line after the marker.
+    while inb(0x3fd) & 1 != 0 {
+        inb(0x3f8);
+    }
+    outb(0x3f9, 0x01);
+    crate::println!("SERIAL irq armed");
+    let mut line = [0u8; 64];
+    let (mut n, mut rx_irqs, mut got_line) = (0usize, 0u32, false);
+    let d = crate::io::deadline(20_000);
+    while !got_line && !crate::io::expired(d) {
+        let before = SERIAL_IRQS.load(Ordering::SeqCst);
+        watchdog_arm(WATCHDOG_COUNT);
+        // Interrupts only (no LSR polling): input that arrived while interrupts were
+        // off is still delivered at the next `sti; hlt`.
+        while SERIAL_IRQS.load(Ordering::SeqCst) == before
+            && WATCHDOG_FIRED.load(Ordering::SeqCst) == 0
+        {
+            wait_for_interrupt();
+        }
+        watchdog_disarm();
+        if SERIAL_IRQS.load(Ordering::SeqCst) != before {
+            rx_irqs += 1;
+        }
+        while inb(0x3fd) & 1 != 0 {
+            let b = inb(0x3f8);
+            if b == b'\n' {
+                got_line = true;
+                break;
+            }
+            if n < line.len() {
+                line[n] = b;
+                n += 1;
+            }
+        }
+    }
+    outb(0x3f9, 0x00);
+    let text = core::str::from_utf8(&line[..n]).unwrap_or("<non-utf8>");
+    r.check(
+        "serial.irq",
+        thri >= 1 && rx_irqs >= 1 && got_line,
+        format_args!(
+            "thri_irqs={thri} rx_irqs={rx_irqs} iir_seen={:#x} got={text}",
+            SERIAL_IIR_SEEN.load(Ordering::SeqCst)
+        ),
+    );
+}

@@ -157,6 +157,9 @@ extern "C" fn guest_main(zero_page: u64) -> ! {
     if info.wants("timer") {
         irq::test_timer(&mut r);
     }
+    if info.wants("serial_irq") {
+        irq::test_serial_irq(&mut r);
+    }
     if info.wants("serial_rx") {
         io::test_serial_rx(&mut r);
     }

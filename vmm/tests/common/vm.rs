@@ -30,6 +30,8 @@ pub struct VmSpec {
     pub serial: Serial,
     /// Bytes written to the VMM's stdin (then closed); None: stdin is /dev/null.
     pub stdin: Option<Vec<u8>>,
+    /// Hold `stdin` back until the guest's COM1 output contains this text.
+    pub stdin_after: Option<String>,
     /// More arguments, verbatim.
     pub extra: Vec<String>,
     pub timeout: Duration,
@@ -48,6 +50,7 @@ impl VmSpec {
             console: None,
             serial: Serial::Stdio,
             stdin: None,
+            stdin_after: None,
             extra: Vec::new(),
             timeout: DEFAULT_TIMEOUT,
         }
@@ -82,6 +85,7 @@ impl VmSpec {
         run_command_with_stdin(
             Command::new(super::vmm_bin()).args(self.args()),
             self.stdin.clone(),
+            self.stdin_after.clone(),
             self.timeout,
         )
     }
@@ -109,10 +113,33 @@ pub struct VmRun {
 }
 
 fn drain<R: Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+    drain_then_feed(r, None)
+}
+
+/// Reads `r` to its end; once the output holds `feed`'s marker, writes its bytes to its
+/// pipe and closes it.
+fn drain_then_feed<R: Read + Send + 'static>(
+    r: Option<R>,
+    mut feed: Option<(String, Vec<u8>, std::process::ChildStdin)>,
+) -> std::thread::JoinHandle<Vec<u8>> {
     std::thread::spawn(move || {
         let mut buf = Vec::new();
-        if let Some(mut r) = r {
-            let _ = r.read_to_end(&mut buf);
+        let Some(mut r) = r else { return buf };
+        let mut chunk = [0u8; 4096];
+        loop {
+            match r.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            let seen = feed
+                .as_ref()
+                .is_some_and(|(m, _, _)| buf.windows(m.len()).any(|w| w == m.as_bytes()));
+            if seen {
+                if let Some((_, data, mut pipe)) = feed.take() {
+                    use std::io::Write;
+                    let _ = pipe.write_all(&data);
+                }
+            }
         }
         buf
     })
@@ -120,14 +147,15 @@ fn drain<R: Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHandle<Vec<
 
 /// Runs `cmd` with stdout/stderr captured (stdin /dev/null), killing it after `timeout`.
 pub fn run_command(cmd: &mut Command, timeout: Duration) -> VmRun {
-    run_command_with_stdin(cmd, None, timeout)
+    run_command_with_stdin(cmd, None, None, timeout)
 }
 
-/// Runs `cmd` with stdout/stderr captured and `stdin` fed (then closed), killing it
-/// after `timeout`.
+/// Runs `cmd` with stdout/stderr captured and `stdin` fed (then closed) at once, or
+/// once stdout shows `stdin_after`; kills it after `timeout`.
 pub fn run_command_with_stdin(
     cmd: &mut Command,
     stdin: Option<Vec<u8>>,
+    stdin_after: Option<String>,
     timeout: Duration,
 ) -> VmRun {
     let args = std::iter::once(cmd.get_program())
@@ -146,9 +174,15 @@ pub fn run_command_with_stdin(
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {args:?}: {e}"));
     let mut guard = ChildGuard(child);
-    let out = drain(guard.0.stdout.take());
+    let pipe = guard.0.stdin.take();
+    let (now, later) = match (stdin, pipe, stdin_after) {
+        (Some(data), Some(pipe), Some(marker)) => (None, Some((marker, data, pipe))),
+        (Some(data), Some(pipe), None) => (Some((data, pipe)), None),
+        _ => (None, None),
+    };
+    let out = drain_then_feed(guard.0.stdout.take(), later);
     let err = drain(guard.0.stderr.take());
-    if let (Some(data), Some(mut pipe)) = (stdin, guard.0.stdin.take()) {
+    if let Some((data, mut pipe)) = now {
         std::thread::spawn(move || {
             use std::io::Write;
             let _ = pipe.write_all(&data);
