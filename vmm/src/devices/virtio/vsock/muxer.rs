@@ -667,6 +667,33 @@ mod tests {
     }
 
     #[test]
+    fn test_guest_overrunning_credit_gets_rst_and_bounded_memory() {
+        let d = tempfile::tempdir().unwrap();
+        let mut m = muxer(d.path());
+        let l = UnixListener::bind(d.path().join("v.sock_8")).unwrap();
+        m.send_from_guest(&guest(OP_REQUEST, 1001, 8), &[]);
+        assert_eq!(rx(&mut m).unwrap().0.op, OP_RESPONSE);
+        let (_host, _) = l.accept().unwrap(); // never reads
+        let chunk = vec![0u8; 4096];
+        let mut rw = guest(OP_RW, 1001, 8);
+        rw.len = 4096;
+        let mut got_rst = false;
+        for _ in 0..2 * CONN_BUF_SIZE as usize / 4096 + 64 {
+            m.send_from_guest(&rw, &chunk);
+            assert!(m.buffered_total <= CONN_BUF_SIZE as usize);
+            while let Some((h, _)) = rx(&mut m) {
+                got_rst |= h.op == OP_RST;
+            }
+            if got_rst {
+                break;
+            }
+        }
+        assert!(got_rst, "a guest sending past its credit must be reset");
+        assert_eq!(m.conn_count(), 0);
+        assert_eq!(m.buffered_total, 0);
+    }
+
+    #[test]
     fn test_rx_buffer_too_small_for_data_does_not_spin() {
         let d = tempfile::tempdir().unwrap();
         let mut m = muxer(d.path());
