@@ -176,6 +176,28 @@ fn test_agent_control_protocol_over_unix_socket() {
         }
     );
 
+    // Port events: a socket that starts listening on the (host's) network stack is
+    // reported, and reported again when it closes.
+    let (mut r, mut w) = session(&sock);
+    protocol::write_frame(&mut w, &Request::WatchPorts).expect("send");
+    std::thread::sleep(Duration::from_millis(300));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let wait_event = |r: &mut FrameReader<UnixStream>, listening: bool| loop {
+        match r.expect::<Response>().expect("port event") {
+            Response::Port(ev) if ev.port == port && ev.listening == listening => {
+                assert_eq!(ev.addr, "127.0.0.1");
+                return;
+            }
+            Response::Port(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    wait_event(&mut r, true);
+    drop(listener);
+    wait_event(&mut r, false);
+    drop((r, w));
+
     // Another protocol version is refused.
     let (mut r, mut w) = connect(&sock);
     protocol::write_frame(&mut w, &Request::Hello { version: 99 }).expect("send");

@@ -87,6 +87,9 @@ fn test_qemu_guest_docker_cli_scenarios_and_data_survive_reboot() {
     let hi = g.docker_ok(&["run", "--rm", "vmctl-busybox", "echo", "hi"], long);
     assert_eq!(hi.trim(), "hi");
 
+    // Watch the guest's listening ports while publishing one (for the host's forwarder).
+    let mut watch = g.control();
+    watch.send(&Request::WatchPorts);
     let id = g.docker_ok(
         &[
             "run",
@@ -113,6 +116,14 @@ fn test_qemu_guest_docker_cli_scenarios_and_data_survive_reboot() {
         }
     };
     assert_eq!(body, MARKER);
+    loop {
+        match watch.recv() {
+            Response::Port(ev) if ev.port == 8080 && ev.listening => break,
+            Response::Port(_) => {}
+            other => panic!("port watch: {other:?}"),
+        }
+    }
+    drop(watch);
     g.docker_ok(&["rm", "-f", id.trim()], long);
 
     let ctx = dir.path().join("ctx");
@@ -184,6 +195,31 @@ fn test_qemu_guest_docker_cli_scenarios_and_data_survive_reboot() {
         docker_fs.as_deref(),
         Some("ext4"),
         "Docker's state must live on the data disk:\n{mounts}"
+    );
+
+    // Clock sync: set the guest clock an hour ahead, read it back, set it right again.
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    };
+    let ahead = (now() + 3600) * 1_000_000_000;
+    assert_eq!(
+        g.control().call(&Request::SetClock { unix_nanos: ahead }),
+        Response::Ok
+    );
+    let (out, _, _) = g.control().exec(&["date", "+%s"], b"");
+    let guest: u64 = out.trim().parse().expect("date +%s");
+    assert!(
+        guest.abs_diff(now() + 3600) < 30,
+        "guest clock {guest}, host {}",
+        now()
+    );
+    let right = now() * 1_000_000_000;
+    assert_eq!(
+        g.control().call(&Request::SetClock { unix_nanos: right }),
+        Response::Ok
     );
 
     // Orderly power-off: QEMU exits by itself.

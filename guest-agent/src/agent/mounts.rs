@@ -53,13 +53,6 @@ pub fn early() {
     );
     try_mount("bpf", "/sys/fs/bpf", "bpf", NOSUID | NODEV | NOEXEC, "");
     try_mount(
-        "securityfs",
-        "/sys/kernel/security",
-        "securityfs",
-        NOSUID | NODEV | NOEXEC,
-        "",
-    );
-    try_mount(
         "debugfs",
         "/sys/kernel/debug",
         "debugfs",
