@@ -25,6 +25,10 @@ fn hostile_on(mode: &str, dev: &str) -> Option<VmRun> {
     spec.cmdline = format!("{} hostile_dev={dev}", spec.cmdline);
     spec.disks = vec![disk.display().to_string()];
     spec.console = Some(dir.path().join("console.out"));
+    if dev == "vsock" {
+        let uds = dir.path().join("v.sock");
+        spec.extra = vec!["--vsock".into(), format!("3,{}", uds.display())];
+    }
     let run = spec.run();
     run.assert_no_crash();
     let code = run.status.and_then(|s| s.code());
@@ -184,4 +188,11 @@ fn test_fuzz_random_chains_and_registers_vmm_survives() {
     // Guest-triggered log lines stay bounded (rate-limited per call site and second).
     let lines = run.stderr.lines().count();
     assert!(lines < 5000, "seed {seed}: {lines} stderr lines");
+}
+
+#[test]
+fn test_hostile_vsock_bad_tx_chains_vmm_survives() {
+    for mode in ["hostile_oob", "hostile_loop", "hostile_len", "hostile_idx"] {
+        hostile_on(mode, "vsock");
+    }
 }

@@ -9,6 +9,8 @@ use crate::virtio::{Mmio, MAGIC, R_DEVICE_ID, R_MAGIC, R_VENDOR_ID, R_VERSION};
 pub const ID_BLK: u32 = 2;
 pub const ID_CONSOLE: u32 = 3;
 pub const ID_RNG: u32 = 4;
+/// virtio-vsock (the `vsock` test's driver lives in vsock.rs).
+pub const ID_VSOCK: u32 = 19;
 
 /// Maps every command-line window; returns the device ids read (0 where unusable).
 pub fn discover(info: &BootInfo, ids: &mut [u32]) -> bool {

@@ -321,19 +321,21 @@ fn mmio_abuse(m: Mmio) {
 /// rng or transmitq (1) of console gets the bad chain; then a good request must work,
 /// directly or after a device reset.
 pub fn run_other(mode: &str, id: u32, mmio: Mmio, r: &mut Report) {
-    let dev = if id == crate::devices::ID_RNG {
-        "rng"
-    } else {
-        "console"
+    let dev = match id {
+        crate::devices::ID_RNG => "rng",
+        crate::devices::ID_VSOCK => "vsock",
+        _ => "console",
     };
     let setup = || -> Result<(Queue, u64), &'static str> {
         mmio.negotiate(0)?;
         let first = mmio.setup_queue(0)?;
-        let q = if dev == "console" {
-            mmio.setup_queue(1)?
-        } else {
-            first
+        let q = match dev {
+            "rng" => first,
+            _ => mmio.setup_queue(1)?,
         };
+        if dev == "vsock" {
+            mmio.setup_queue(2)?;
+        }
         mmio.driver_ok();
         Ok((q, crate::mem::alloc_pages(1).ok_or("out of memory")?))
     };
@@ -365,7 +367,18 @@ pub fn run_other(mode: &str, id: u32, mmio: Mmio, r: &mut Report) {
     q.last_used = rd::<u16>(q.used + 2);
     let dev_status = mmio.status();
     crate::io::fill(buf, b'.', 1);
-    let good = |q: &mut Queue| q.transfer(&[(buf, 16, dev == "rng")], 3000).is_some();
+    // A good request: 16 random bytes, one console byte, or a vsock RST header (to a
+    // connection that does not exist; the device consumes it).
+    let mut len = 16;
+    if dev == "vsock" {
+        crate::io::fill(buf, 0, 44);
+        wr::<u64>(buf, u64::from(mmio.r32(0x100)));
+        wr::<u64>(buf + 8, 2);
+        wr::<u16>(buf + 28, 1);
+        wr::<u16>(buf + 30, 3);
+        len = 44;
+    }
+    let good = |q: &mut Queue| q.transfer(&[(buf, len, dev == "rng")], 3000).is_some();
     let how = if good(&mut q) {
         "direct"
     } else {

@@ -127,6 +127,7 @@ extern "C" fn guest_main(zero_page: u64) -> ! {
             let id = match info.arg("hostile_dev") {
                 Some("rng") => ID_RNG,
                 Some("console") => ID_CONSOLE,
+                Some("vsock") => devices::ID_VSOCK,
                 _ => ID_BLK,
             };
             match first(id) {
