@@ -14,7 +14,7 @@ use smoltcp::wire::{IpAddress, Ipv4Packet, UdpPacket};
 
 use crate::dns::{local_answer, servfail, Resolvers};
 use crate::udp_fwd::UdpForwards;
-use crate::wire::udp_frame;
+use crate::wire::{icmp_port_unreachable, udp_frame};
 use crate::{dhcp, Core, KIND_UDP};
 
 const DNS_IDLE: Duration = Duration::from_secs(10);
@@ -301,8 +301,18 @@ impl UdpNat {
                     Ok((_, false)) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => flow.readable = false,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused && !flow.dns => {
+                        // The host got "port unreachable": tell the guest the same way.
+                        if let Some(f) = icmp_port_unreachable(
+                            core.link(),
+                            (*guest.ip(), guest.port()),
+                            (*remote.ip(), remote.port()),
+                        ) {
+                            core.device.push_tx(f);
+                        }
+                    }
                     Err(_) => {
-                        // ICMP errors surface as ECONNREFUSED etc. on connected sockets.
+                        // Other ICMP errors surface here too; the guest times out.
                         continue;
                     }
                 }

@@ -93,6 +93,33 @@ pub fn icmp_frame(link: Link, src: Ipv4Addr, dst: Ipv4Addr, icmp: &[u8]) -> Opti
     Some(frame)
 }
 
+/// ICMP "port unreachable" from `remote` telling the guest its UDP datagram from `guest`
+/// was refused. The quoted original header is rebuilt from the flow (the datagram itself
+/// is long gone when the host socket reports ECONNREFUSED); the guest matches on it.
+pub fn icmp_port_unreachable(
+    link: Link,
+    guest: (Ipv4Addr, u16),
+    remote: (Ipv4Addr, u16),
+) -> Option<Vec<u8>> {
+    let mut msg = [0u8; 8 + IPV4_HDR + UDP_HDR];
+    msg[0] = 3; // destination unreachable
+    msg[1] = 3; // port unreachable
+    let orig = &mut msg[8..8 + IPV4_HDR];
+    orig[0] = 0x45;
+    orig[2..4].copy_from_slice(&((IPV4_HDR + UDP_HDR) as u16).to_be_bytes());
+    orig[8] = 64;
+    orig[9] = 17;
+    orig[12..16].copy_from_slice(&guest.0.octets());
+    orig[16..20].copy_from_slice(&remote.0.octets());
+    let sum = !internet_checksum(orig);
+    orig[10..12].copy_from_slice(&sum.to_be_bytes());
+    let udp = &mut msg[8 + IPV4_HDR..];
+    udp[0..2].copy_from_slice(&guest.1.to_be_bytes());
+    udp[2..4].copy_from_slice(&remote.1.to_be_bytes());
+    udp[4..6].copy_from_slice(&(UDP_HDR as u16).to_be_bytes());
+    icmp_frame(link, remote.0, guest.0, &msg)
+}
+
 /// A TCP RST answering a segment from `guest` to `remote` (RFC 793 reset generation).
 pub fn tcp_rst_frame(
     link: Link,

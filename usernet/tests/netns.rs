@@ -436,6 +436,19 @@ fn test_udp_echo_via_gateway() {
             }
             assert!(ok, "no UDP echo for size {size}");
         }
+        // A closed host port: the guest gets ICMP port unreachable (ECONNREFUSED).
+        let closed = {
+            let c = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            c.local_addr().expect("addr").port()
+        };
+        s.connect(gw(closed)).expect("connect closed");
+        let _ = s.send(b"anyone?");
+        let mut buf = [0u8; 16];
+        let r = s.recv(&mut buf);
+        assert!(
+            matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionRefused),
+            "closed UDP port: {r:?}"
+        );
     });
 }
 
