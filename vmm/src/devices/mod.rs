@@ -2,5 +2,6 @@
 
 pub mod bus;
 pub mod legacy;
-#[cfg(target_os = "linux")]
+// virtio-queue does not build on Windows (it enables vm-memory's unix-only `rawfd` feature).
+#[cfg(unix)]
 pub mod virtio;

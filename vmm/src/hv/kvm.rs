@@ -190,8 +190,10 @@ impl Vm for KvmVm {
     ) -> Result<bool, HvError> {
         let addr = IoEventAddress::Mmio(addr);
         let r = match value {
-            Some(v) => self.fd.register_ioevent(notifier, &addr, v),
-            None => self.fd.register_ioevent(notifier, &addr, NoDatamatch),
+            Some(v) => self.fd.register_ioevent(notifier.eventfd(), &addr, v),
+            None => self
+                .fd
+                .register_ioevent(notifier.eventfd(), &addr, NoDatamatch),
         };
         r.map_err(|e| HvError::op("KVM_IOEVENTFD", e))?;
         Ok(true)

@@ -151,8 +151,8 @@ pub trait Vcpu: Send {
 
 /// A fast path for queue notifications: guest writes of `value` (when given) to the MMIO
 /// address signal `notifier` without leaving the hypervisor, where the backend can do so.
-#[cfg(target_os = "linux")]
-pub type Notifier = vmm_sys_util::eventfd::EventFd;
+/// An eventfd on Linux (KVM's ioeventfd signals it), the portable notifier elsewhere.
+pub type Notifier = crate::sys::event::EventNotifier;
 
 /// A virtual machine: memory, vCPUs and interrupt routing.
 pub trait Vm: Send + Sync {
@@ -164,7 +164,6 @@ pub trait Vm: Send + Sync {
     fn irq_line(&self, gsi: u32) -> Result<Arc<dyn IrqLine>, HvError>;
     /// Registers a notification fast path (see [`Notifier`]); `Ok(false)` when the backend has
     /// none, in which case the MMIO write exit path signals the notifier.
-    #[cfg(target_os = "linux")]
     fn register_mmio_notifier(
         &self,
         addr: u64,

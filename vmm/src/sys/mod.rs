@@ -2,9 +2,13 @@
 //! so shared code carries no scattered `cfg`s.
 //!
 //! - `event`: eventfd/epoll where they exist, a portable notifier/poller elsewhere.
+//! - `file`: positional disk I/O and hole punching (fallocate, F_PUNCHHOLE, FSCTL_SET_ZERO_DATA).
 //! - `paths`: each OS's instance directory and Docker endpoint (unix socket, named pipe).
+//! - `random`: the host's cryptographic RNG.
 //! - `x86_boot`: x86_64 Linux loading without linux-loader (which does not build on Windows).
 
 pub mod event;
+pub mod file;
 pub mod paths;
+pub mod random;
 pub mod x86_boot;

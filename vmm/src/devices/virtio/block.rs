@@ -7,8 +7,6 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -21,6 +19,7 @@ use super::{
     queue_usable, read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt,
     TYPE_BLOCK, VIRTIO_RING_F_EVENT_IDX,
 };
+use crate::sys::file::{punch_hole, read_exact_at, write_all_at, zero_range};
 use crate::warn_ratelimited;
 
 pub const SECTOR_SIZE: u64 = 512;
@@ -313,7 +312,7 @@ impl RequestProcessor {
                 let mut left = len as usize;
                 while left > 0 {
                     let n = left.min(self.buf.len());
-                    if self.disk.read_exact_at(&mut self.buf[..n], offset).is_err()
+                    if read_exact_at(&self.disk, &mut self.buf[..n], offset).is_err()
                         || writer.write_all(&self.buf[..n]).is_err()
                     {
                         return VIRTIO_BLK_S_IOERR;
@@ -335,7 +334,7 @@ impl RequestProcessor {
                 while left > 0 {
                     let n = left.min(self.buf.len());
                     if reader.read_exact(&mut self.buf[..n]).is_err()
-                        || self.disk.write_all_at(&self.buf[..n], offset).is_err()
+                        || write_all_at(&self.disk, &self.buf[..n], offset).is_err()
                     {
                         return VIRTIO_BLK_S_IOERR;
                     }
@@ -378,12 +377,12 @@ impl RequestProcessor {
                 }
                 // Discard and unmapping write-zeroes punch holes; plain write-zeroes zeroes the
                 // range in place. Both keep the file size.
-                let mode = if kind == VIRTIO_BLK_T_DISCARD || flags & 1 != 0 {
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
+                let done = if kind == VIRTIO_BLK_T_DISCARD || flags & 1 != 0 {
+                    punch_hole(&self.disk, offset, bytes)
                 } else {
-                    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
+                    zero_range(&self.disk, offset, bytes)
                 };
-                match fallocate(&self.disk, mode, offset, bytes) {
+                match done {
                     Ok(()) => VIRTIO_BLK_S_OK,
                     Err(_) if kind == VIRTIO_BLK_T_WRITE_ZEROES => {
                         self.write_zeroes_slow(offset, bytes)
@@ -406,29 +405,12 @@ impl RequestProcessor {
         let mut left = bytes;
         while left > 0 {
             let n = left.min(self.buf.len() as u64) as usize;
-            if self.disk.write_all_at(&self.buf[..n], offset).is_err() {
+            if write_all_at(&self.disk, &self.buf[..n], offset).is_err() {
                 return VIRTIO_BLK_S_IOERR;
             }
             left -= n as u64;
             offset += n as u64;
         }
         VIRTIO_BLK_S_OK
-    }
-}
-
-fn fallocate(file: &File, mode: i32, offset: u64, len: u64) -> std::io::Result<()> {
-    if len == 0 {
-        return Ok(());
-    }
-    let (Ok(off), Ok(l)) = (i64::try_from(offset), i64::try_from(len)) else {
-        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
-    };
-    // SAFETY: fallocate on a valid, owned file descriptor with integer arguments; it touches no
-    // memory of ours.
-    let r = unsafe { libc::fallocate(file.as_raw_fd(), mode, off, l) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
     }
 }

@@ -1,20 +1,21 @@
 //! The virtio-mmio transport (virtio 1.x, register layout version 2).
 //!
 //! Guest accesses arrive from vCPU threads through the MMIO bus. Queue notifications normally
-//! never get here: they are registered as ioeventfds and wake the device worker directly; a
-//! write that does arrive (no fast path) signals the same eventfd.
+//! never get here on KVM: they are registered as ioeventfds and wake the device worker
+//! directly; a write that does arrive (no fast path: Hypervisor.framework, WHP) signals the
+//! same notifier.
 
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{
     ActivateContext, VirtioDevice, VirtioInterrupt, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 use crate::devices::bus::BusDevice;
 use crate::hv::IrqLine;
+use crate::sys::event::EventNotifier;
 use crate::warn_ratelimited;
 
 const MAGIC: u32 = 0x7472_6976; // "virt"
@@ -44,7 +45,7 @@ pub struct MmioTransport {
     device: Box<dyn VirtioDevice>,
     mem: GuestMemoryMmap,
     interrupt: Arc<VirtioInterrupt>,
-    queue_evts: Vec<EventFd>,
+    queue_evts: Vec<EventNotifier>,
     queues: Vec<QueueConfig>,
     device_features_sel: u32,
     driver_features_sel: u32,
@@ -59,8 +60,8 @@ pub struct MmioTransport {
 /// Errors building a transport.
 #[derive(Debug, thiserror::Error)]
 pub enum MmioError {
-    #[error("Cannot create queue eventfd: {0}")]
-    EventFd(#[source] std::io::Error),
+    #[error("Cannot create queue notifier: {0}")]
+    Notifier(#[source] std::io::Error),
 }
 
 impl MmioTransport {
@@ -72,9 +73,9 @@ impl MmioTransport {
     ) -> Result<Self, MmioError> {
         let n = device.queue_max_sizes().len();
         let queue_evts = (0..n)
-            .map(|_| EventFd::new(EFD_NONBLOCK))
+            .map(|_| EventNotifier::new())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(MmioError::EventFd)?;
+            .map_err(MmioError::Notifier)?;
         Ok(MmioTransport {
             device,
             mem,
@@ -92,8 +93,8 @@ impl MmioTransport {
         })
     }
 
-    /// The eventfd of each queue, to register as notification fast paths.
-    pub fn queue_evts(&self) -> &[EventFd] {
+    /// The notifier of each queue, to register as notification fast paths.
+    pub fn queue_evts(&self) -> &[EventNotifier] {
         &self.queue_evts
     }
 
@@ -166,7 +167,7 @@ impl MmioTransport {
         let evts = match self.queue_evts.iter().map(|e| e.try_clone()).collect() {
             Ok(e) => e,
             Err(e) => {
-                log::error!("{}: cannot clone queue eventfds: {e}", self.name);
+                log::error!("{}: cannot clone queue notifiers: {e}", self.name);
                 self.status |= STATUS_NEEDS_RESET;
                 return;
             }
@@ -282,7 +283,7 @@ impl MmioTransport {
             }
             REG_QUEUE_NOTIFY => match self.queue_evts.get(v as usize) {
                 Some(evt) => {
-                    let _ = evt.write(1);
+                    let _ = evt.notify();
                 }
                 None => warn_ratelimited!("{}: notify of missing queue {v}", self.name),
             },

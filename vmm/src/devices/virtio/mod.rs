@@ -3,23 +3,27 @@
 //! A device implements [`VirtioDevice`] and knows nothing of the transport: it gets its queues,
 //! guest memory and a [`VirtioInterrupt`] at activation, so a PCI transport can come later
 //! without touching devices. Each active device processes its queues on its own worker
-//! thread ([`worker`]), woken by eventfds that KVM signals directly on a queue notification.
+//! thread ([`worker`]), woken by notifiers (`sys::event`: eventfds on Linux, which KVM signals
+//! directly on a queue notification; portable notifiers elsewhere, signalled from the MMIO exit).
+//!
+//! Everything here builds on every host except `vsock`, whose connection muxer polls host unix
+//! sockets with epoll (Linux only).
 
 pub mod block;
 pub mod console;
 pub mod mmio;
 pub mod rng;
+#[cfg(target_os = "linux")]
 pub mod vsock;
 pub mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
+use crate::hv::IrqLine;
+use crate::sys::event::EventNotifier;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
-
-use crate::hv::IrqLine;
 
 /// Feature bits common to all devices.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -110,7 +114,7 @@ pub struct ActivateContext {
     pub mem: GuestMemoryMmap,
     pub queues: Vec<Queue>,
     /// One per queue, signalled on a notification.
-    pub queue_evts: Vec<EventFd>,
+    pub queue_evts: Vec<EventNotifier>,
     pub interrupt: Arc<VirtioInterrupt>,
 }
 

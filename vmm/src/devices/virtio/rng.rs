@@ -1,4 +1,5 @@
-//! virtio-rng (entropy device): fills guest buffers from the host's getrandom.
+//! virtio-rng (entropy device): fills guest buffers from the host's random number generator
+//! (`sys::random`: getrandom, getentropy or BCryptGenRandom).
 
 use std::io::Write;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use super::worker::{QueueHandler, Worker};
 use super::{
     queue_usable, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt, TYPE_RNG,
 };
+use crate::sys::random;
 use crate::warn_ratelimited;
 
 const QUEUE_SIZE: u16 = 64;
@@ -78,10 +80,10 @@ impl QueueHandler for RngHandler {
             let len = match chain.writer(mem) {
                 Ok(mut w) => {
                     let n = w.available_bytes().min(self.buf.len());
-                    match getrandom(&mut self.buf[..n]) {
+                    match random::fill(&mut self.buf[..n]) {
                         Ok(()) => w.write_all(&self.buf[..n]).map(|_| n as u32).unwrap_or(0),
                         Err(e) => {
-                            warn_ratelimited!("virtio-rng: getrandom failed: {e}");
+                            warn_ratelimited!("virtio-rng: host RNG failed: {e}");
                             0
                         }
                     }
@@ -100,22 +102,4 @@ impl QueueHandler for RngHandler {
             self.interrupt.signal_used_queue();
         }
     }
-}
-
-fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let rest = &mut buf[filled..];
-        // SAFETY: `rest` is a valid writable buffer of `rest.len()` bytes for the call.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-            continue;
-        }
-        filled += n as usize;
-    }
-    Ok(())
 }

@@ -23,7 +23,8 @@ use super::ffi::{self, hv_vcpu_exit_exception_t, hv_vcpu_exit_t, hv_vcpu_t, GicA
 use super::psci::{self, PowerTable, PsciCall};
 use crate::arch::aarch64::layout;
 use crate::hv::{
-    Aarch64BootRegs, BootRegs, HvError, Hypervisor, IrqLine, Vcpu, VcpuExit, VcpuKicker, Vm,
+    Aarch64BootRegs, BootRegs, HvError, Hypervisor, IrqLine, Notifier, Vcpu, VcpuExit, VcpuKicker,
+    Vm,
 };
 use crate::warn_ratelimited;
 
@@ -211,6 +212,16 @@ impl Vm for HvfVm {
             gic: self.gic,
             shared: self.shared.clone(),
         }))
+    }
+
+    /// Hypervisor.framework has no in-kernel notification: the MMIO write exit signals it.
+    fn register_mmio_notifier(
+        &self,
+        _addr: u64,
+        _value: Option<u32>,
+        _notifier: &Notifier,
+    ) -> Result<bool, HvError> {
+        Ok(false)
     }
 }
 

@@ -25,7 +25,7 @@ use super::ffi::{Emulator, EmulatorHost, Partition};
 use super::ioapic::{self, Ioapic};
 use crate::arch::x86_64::{layout, mptable};
 use crate::hv::{
-    BootRegs, HvError, Hypervisor, IrqLine, SegmentDesc, Vcpu, VcpuExit, VcpuKicker, Vm,
+    BootRegs, HvError, Hypervisor, IrqLine, Notifier, SegmentDesc, Vcpu, VcpuExit, VcpuKicker, Vm,
     X86BootRegs,
 };
 use crate::warn_ratelimited;
@@ -170,6 +170,16 @@ impl Vm for WhpVm {
             pin: gsi,
             shared: self.shared.clone(),
         }))
+    }
+
+    /// WHP has no notification fast path: the MMIO write exit signals it.
+    fn register_mmio_notifier(
+        &self,
+        _addr: u64,
+        _value: Option<u32>,
+        _notifier: &Notifier,
+    ) -> Result<bool, HvError> {
+        Ok(false)
     }
 }
 
