@@ -229,7 +229,8 @@ pub fn test_smp(cpus: u32, r: &mut Report) {
         send_ipi(0, 0x000c_4600 | (TRAMP_BASE >> 12) as u32);
         delay_ms(1);
     }
-    let d = deadline(3000);
+    // Generous: 31 emulated APs may share 2 busy host cores.
+    let d = deadline(10_000);
     while AP_STARTED.load(Ordering::SeqCst) < n_aps && !expired(d) {
         core::hint::spin_loop();
     }
