@@ -134,8 +134,15 @@ fn test_dns_forwarder_follows_resolv_conf_changes() {
     std::fs::write(&resolv, format!("nameserver {a1}\n")).expect("write");
     let ns = Netns::new("dns");
     let _net = Usernet::tap(&ns, &["--resolv-conf", resolv.to_str().expect("utf8")]);
-    std::thread::sleep(Duration::from_millis(300)); // dnsmasq start-up
-    let (ans, _) = dig(&ns, "svc.vmctl.test");
+    // dnsmasq needs a moment to start: retry the first query for a while.
+    let mut ans = String::new();
+    for _ in 0..20 {
+        ans = dig(&ns, "svc.vmctl.test").0;
+        if ans == "192.0.2.11" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
     assert_eq!(ans, "192.0.2.11");
     // DNS over TCP to the forwarder address reaches the same upstream.
     let out = ns.exec(
@@ -486,8 +493,10 @@ fn test_inbound_port_forward_reaches_guest_listener() {
             &format!("tcp:127.0.0.1:{hp_dead}:8081"),
         ],
     );
-    let guest = ns.spawn(|| {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let guest = ns.spawn(move || {
         let l = TcpListener::bind("0.0.0.0:8080").expect("guest bind");
+        tx.send(()).expect("ready");
         let (mut s, peer) = l.accept().expect("guest accept");
         let mut buf = [0u8; 5];
         s.read_exact(&mut buf).expect("read");
@@ -495,7 +504,7 @@ fn test_inbound_port_forward_reaches_guest_listener() {
             .expect("write");
         peer
     });
-    std::thread::sleep(Duration::from_millis(200));
+    rx.recv_timeout(T).expect("guest listening");
     let mut s = connect(SocketAddr::from(([127, 0, 0, 1], hp))).expect("host connect");
     s.write_all(b"hello").expect("write");
     let mut buf = [0u8; 5];
