@@ -31,9 +31,10 @@
 //! Each guest TCP connection is a smoltcp socket spliced to a non-blocking host socket
 //! (`tcp` module). smoltcp has no NAT, DHCP server or DNS forwarder and its UDP/ICMP
 //! sockets bind local addresses only, so these are written here on top of
-//! `smoltcp::wire`: DHCP server (`dhcp`), UDP NAT with idle timeouts (`udp`), ICMP echo
-//! via unprivileged ping sockets (`icmp`), the resolv.conf-following DNS forwarder
-//! (`dns`), and TCP RSTs for refused connects (`wire`). Guest frames are classified in
+//! `smoltcp::wire`: DHCP server (`dhcp`), UDP NAT with idle timeouts (`udp`), inbound
+//! UDP forwards (`udp_fwd`), ICMP echo via unprivileged ping sockets (`icmp`), the
+//! resolv.conf-following DNS forwarder (`dns`), and TCP RSTs / ICMP port-unreachable
+//! replies (`wire`). Threading: none; one instance is driven by one event loop. Guest frames are classified in
 //! this module; only ARP and TCP reach smoltcp. IPv6 and IPv4 fragments are dropped
 //! (the guest gets no IPv6 route, so it falls back to IPv4 at once; Linux TCP sets DF).
 
