@@ -24,7 +24,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo clippy --target aarch64-apple-darwin (type-check only: macOS cannot run here)"
 cargo clippy --workspace --exclude guest-agent --exclude fs-share --target aarch64-apple-darwin -- -D warnings
 step "cargo clippy --target x86_64-pc-windows-msvc (type-check only: Windows cannot run here)"
-cargo clippy --workspace --exclude guest-agent --exclude fs-share --target x86_64-pc-windows-msvc -- -D warnings
+# vmctl-tests are the Linux end-to-end scenarios; vmctl itself builds there and says it is
+# not available yet.
+cargo clippy --workspace --exclude guest-agent --exclude fs-share --exclude vmctl-tests --target x86_64-pc-windows-msvc -- -D warnings
 
 step "cargo nextest run --workspace"
 log=$(mktemp)

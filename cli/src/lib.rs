@@ -7,8 +7,12 @@
 //!   forwarded Docker socket, port forwards and the control API.
 //! - [`agent`]: the host side of the guest agent's control protocol.
 
+#[cfg(unix)]
 pub mod agent;
 pub mod config;
+#[cfg(unix)]
 pub mod image;
+#[cfg(unix)]
 pub mod instance;
+#[cfg(unix)]
 pub mod supervisor;

@@ -1,10 +1,11 @@
 //! `vmctl`: the user's command. Each subcommand lives in `commands/`.
 
+#[cfg(unix)]
 mod commands;
 
-use clap::Parser;
-
+#[cfg(unix)]
 fn main() {
+    use clap::Parser;
     let cli = commands::Cli::parse();
     if let Err(e) = commands::run(cli) {
         eprintln!("vmctl: error: {e}");
@@ -13,4 +14,13 @@ fn main() {
         }
         std::process::exit(1);
     }
+}
+
+#[cfg(not(unix))]
+fn main() {
+    eprintln!(
+        "vmctl: not available on this OS yet: the supervisor, its sockets and the device \
+         backends are unix-only so far (the WHP hypervisor backend exists in the vmm crate)"
+    );
+    std::process::exit(1);
 }
