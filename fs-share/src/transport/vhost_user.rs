@@ -39,6 +39,18 @@ pub enum VhostUserFsError {
     Serve(std::path::PathBuf, vhost_user_backend::Error),
 }
 
+/// Guest-triggerable warnings are rate-limited to one per second.
+fn log_allowed() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{SystemTime, UNIX_EPOCH};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    LAST.swap(now, Ordering::Relaxed) != now
+}
+
 struct State {
     mem: Option<Mem>,
     event_idx: bool,
@@ -86,8 +98,8 @@ impl VhostUserFsBackend {
             used = true;
             let head = chain.head_index();
             let len = self.handler.handle(&*guard, chain);
-            if vring.add_used(head, len).is_err() {
-                tracing::warn!("could not return a used descriptor");
+            if vring.add_used(head, len).is_err() && log_allowed() {
+                tracing::warn!("could not return a used descriptor (guest ring broken?)");
             }
             let notify = !event_idx || vring.needs_notification().unwrap_or(true);
             if notify {
