@@ -50,8 +50,8 @@ qemu-system-x86_64 -accel tcg -smp 2 -m 512M \
     -append "console=ttyS0 quiet panic=-1" \
     -nographic -no-reboot -nodefaults -serial "file:$work/serial.log" </dev/null >/dev/null 2>"$work/qemu.err" &
 pids+=($!)
-for _ in $(seq 600); do grep -q GUEST-READY "$work/serial.log" 2>/dev/null && break; sleep 0.1; done
-grep -q GUEST-READY "$work/serial.log" || { echo "guest did not come up:"; cat "$work/serial.log"; exit 1; }
+for _ in $(seq 1800); do grep -q GUEST-READY "$work/serial.log" 2>/dev/null && break; sleep 0.1; done
+grep -q GUEST-READY "$work/serial.log" 2>/dev/null || { echo "guest did not come up:"; cat "$work/serial.log" "$work/qemu.err" 2>&1; exit 1; }
 
 WORK="$work" SIZE="$SIZE" N="$N" TCP_PORT="$tcp_port" python3 - <<'PY'
 import os, socket, statistics, threading, time
@@ -180,8 +180,9 @@ PY
 [ "${DOCKER:-1}" = 1 ] || exit 0
 newest() { ls -t "$@" 2>/dev/null | head -n1; }
 cache=${VMCTL_CACHE:-$HOME/.cache/vmctl}
-kernel=$(newest "$cache"/kernel/*/bzImage)
-rootfs=$(newest "$cache"/rootfs/*/rootfs.squashfs)
+kernel=$(newest "$cache"/kernel/[0-9a-f]*[0-9a-f]/bzImage)
+# Finished images only (a build in progress has no manifest yet).
+rootfs=$(for m in "$cache"/rootfs/*/manifest.txt; do [ -f "$m" ] && echo "$(dirname "$m")/rootfs.squashfs"; done | xargs -r ls -t 2>/dev/null | head -n1)
 if [ -z "$kernel" ] || [ -z "$rootfs" ] || ! command -v docker >/dev/null; then
     echo "docker table skipped: needs the project kernel + root image in $cache and the docker CLI"
     exit 0

@@ -53,7 +53,7 @@ fn vsock_guest_assets() -> Result<PathBuf, String> {
 /// The backend and QEMU for one test, killed on drop.
 struct Vm {
     qemu: std::sync::Mutex<ChildGuard>,
-    _backend: ChildGuard,
+    backend: ChildGuard,
     serial: PathBuf,
     uds: PathBuf,
 }
@@ -105,7 +105,7 @@ impl Vm {
             .expect("spawn qemu");
         Vm {
             qemu: std::sync::Mutex::new(ChildGuard(qemu)),
-            _backend: backend,
+            backend,
             serial,
             uds,
         }
@@ -196,6 +196,33 @@ fn echo_roundtrip(s: UnixStream, data: Vec<u8>) -> Vec<u8> {
     back
 }
 
+/// CPU time (user + system) a process has used so far, from /proc/PID/stat.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis((f.iter().sum::<u64>()) * 1000 / hz)
+}
+
+/// Asserts that `pid` uses (almost) no CPU over `window`.
+fn assert_idle(pid: u32, window: Duration, what: &str) {
+    let before = cpu_time(pid);
+    std::thread::sleep(window);
+    let used = cpu_time(pid) - before;
+    assert!(
+        used <= window / 10,
+        "{what} used {used:?} of CPU in {window:?} while idle"
+    );
+}
+
 /// Whether QEMU and the backend can run; prints the skip line when not.
 fn qemu_ready() -> bool {
     if !have("qemu-system-x86_64") {
@@ -262,6 +289,13 @@ fn test_vsock_vhost_user_linux_guest_streams_credit_halfclose_and_rst() {
     );
     // Guest → host port without a listener: the guest's connect is reset.
     assert_eq!(vm.console_value("GUEST-REFUSED "), "ERR ECONNRESET");
+
+    // An idle device costs no CPU (the backend sleeps in epoll).
+    assert_idle(
+        vm.backend.0.id(),
+        Duration::from_secs(2),
+        "vmm-vsock-backend",
+    );
 
     // Host → guest port nobody listens on: closed without OK.
     let refused = vm.connect(4444);
@@ -333,6 +367,44 @@ fn test_vsock_vhost_user_linux_guest_streams_credit_halfclose_and_rst() {
     assert_eq!(echo_roundtrip(s, b"after-reboot".to_vec()), b"after-reboot");
 }
 
+#[test]
+fn test_vsock_backend_waiting_for_frontend_idles_with_host_clients() {
+    // No QEMU needed: a host client arrives before any vhost-user frontend; the backend must
+    // neither spin nor drop it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let vhost = dir.path().join("vhost.sock");
+    let uds = dir.path().join("v.sock");
+    let backend = Command::new(backend_bin())
+        .arg("--socket")
+        .arg(&vhost)
+        .arg("--uds-path")
+        .arg(&uds)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn vmm-vsock-backend");
+    let backend = ChildGuard(backend);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !uds.exists() {
+        assert!(Instant::now() < deadline, "hybrid socket did not appear");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut early = UnixStream::connect(&uds).expect("connect early");
+    early.write_all(b"CONNECT 2375\n").expect("CONNECT");
+    let _half = UnixStream::connect(&uds).expect("a client that sends nothing");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_idle(backend.0.id(), Duration::from_secs(2), "vmm-vsock-backend");
+    // Still open: it waits for the guest rather than being refused.
+    early
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let mut b = [0u8; 1];
+    let r = early.read(&mut b);
+    assert!(
+        matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "early client: {r:?}"
+    );
+}
+
 /// The newest file named `name` under `~/.cache/vmctl/<kind>/*/`.
 fn cached_asset(kind: &str, name: &str) -> Option<PathBuf> {
     let base = std::env::var_os("VMCTL_CACHE")
@@ -344,7 +416,17 @@ fn cached_asset(kind: &str, name: &str) -> Option<PathBuf> {
     let mut found: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(base.join(kind))
         .ok()?
         .filter_map(|e| e.ok())
-        .map(|e| e.path().join(name))
+        .map(|e| e.path())
+        // Only finished entries: builders write `<hash>.tmp/` or `staging-*/` and rename.
+        .filter(|d| {
+            let n = d
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            !n.ends_with(".tmp") && !n.starts_with("staging-") && !n.starts_with("build-")
+        })
+        .filter(|d| kind != "rootfs" || d.join("manifest.txt").is_file())
+        .map(|d| d.join(name))
         .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
         .collect();
     found.sort();

@@ -143,8 +143,14 @@ impl VhostUserBackend for VsockBackend {
         };
         let mut guard = self.lock();
         let inner = &mut *guard;
+        if device_event == BACKEND_EVENT {
+            // Always drain the muxer's epoll (accepts, handshakes, readiness), even before the
+            // frontend sent its memory table: its fd is level-triggered here, so leaving
+            // events pending would spin this thread.
+            inner.muxer.process_host_events();
+        }
         let Some(mem) = inner.mem.as_ref().map(|m| m.memory()) else {
-            // No memory table yet: host events wait (the epoll fd stays readable).
+            // No memory table yet: what the host sent waits in the muxer.
             return Ok(());
         };
         let (mut rx_used, mut tx_used) = (false, false);
@@ -155,7 +161,7 @@ impl VhostUserBackend for VsockBackend {
                 tx_used = drain_tx(&mut inner.muxer, t.get_queue_mut(), &mem, &mut inner.buf);
             }
             e if e as usize == EVENT_QUEUE => return Ok(()),
-            BACKEND_EVENT => inner.muxer.process_host_events(),
+            BACKEND_EVENT => {}
             other => {
                 crate::warn_ratelimited!("vhost-user-vsock: unknown event {other}");
                 return Ok(());
