@@ -116,6 +116,9 @@ pub fn cmdline(cfg: &QemuConfig) -> String {
         "panic=-1",
         "loglevel=4",
         "8250.nr_uarts=1",
+        // Under TCG on a busy host the vCPU can be starved while the kernel checks that
+        // the timer interrupt works ("IO-APIC + timer doesn't work!" panic, seen here).
+        "no_timer_check",
     ]
     .iter()
     .map(|s| s.to_string())
