@@ -1,12 +1,14 @@
 //! `vmm`: vmctl's virtual machine monitor.
 //!
-//! Owns the hypervisor abstraction (`Hypervisor` → `Vm` → `Vcpu`, with a KVM backend on
-//! Linux), guest memory, x86_64 Linux direct boot, the device model (PIO/MMIO bus, 8250
-//! serial, i8042, virtio-mmio with in-process virtio devices) and the *engines* that run a
-//! VM: `builtin` (this VMM) and `qemu`.
+//! Owns the hypervisor abstraction (`Hypervisor` → `Vm` → `Vcpu`, with KVM, Hypervisor.framework
+//! and WHP backends), guest memory, x86_64 and arm64 Linux direct boot, the device model
+//! (PIO/MMIO bus, 8250 serial, i8042, virtio-mmio with in-process virtio devices) and the
+//! *engines* that run a VM: `builtin` (this VMM) and `qemu`.
 
 pub mod arch;
-#[cfg(target_os = "linux")]
+// Where a hypervisor backend and the virtio device model both build: Linux (KVM) and arm64
+// macOS (Hypervisor.framework). Windows lacks virtio-queue (see Cargo.toml).
+#[cfg(any(target_os = "linux", all(target_os = "macos", target_arch = "aarch64")))]
 pub mod builtin;
 pub mod devices;
 pub mod engine;

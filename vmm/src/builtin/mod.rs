@@ -1,37 +1,48 @@
 //! The `builtin` engine: this VMM running a VM on the platform hypervisor.
 //!
 //! Thread model: one thread per vCPU runs the guest and handles its port/MMIO exits on the
-//! shared buses; each active virtio device has a worker thread woken by eventfds (KVM signals
-//! them directly on queue notifications); the calling thread waits in epoll for host input to
-//! COM1 and for the VM's exit. Nothing polls, so an idle guest costs no host CPU.
+//! shared buses; each active virtio device has a worker thread woken by notifiers (on KVM,
+//! eventfds it signals directly on queue notifications); the calling thread waits in a
+//! `Poller` for host input to the console UART and for the VM's exit. Nothing polls, so an
+//! idle guest costs no host CPU.
+//!
+//! The machine differs per architecture (`x86_64`: PC ports, MP tables; `aarch64`: MMIO UART,
+//! device tree); those modules offer the same functions and everything else is shared. It runs
+//! on Linux (KVM) and arm64 macOS (Hypervisor.framework); Windows lacks the virtio device
+//! model (virtio-queue does not build there).
 
 pub mod config;
 mod stdin;
 mod vcpu;
 
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
+#[cfg(target_arch = "aarch64")]
+use aarch64 as machine;
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
+#[cfg(target_arch = "x86_64")]
+use x86_64 as machine;
+
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use vm_memory::GuestMemoryMmap;
-use vm_superio::I8042Device;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 pub use config::{DiskConfig, SerialConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE};
 
-use crate::arch::x86_64::{boot, layout, mptable, regs};
 use crate::devices::bus::{Bus, BusError};
-use crate::devices::legacy::{self, ResetTrigger, SerialDevice, I8042};
+use crate::devices::legacy::{self, SerialDevice};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::mmio::{MmioError, MmioTransport, REG_QUEUE_NOTIFY};
 use crate::devices::virtio::rng::Rng;
-use crate::devices::virtio::vsock::{MuxerError, Vsock};
 use crate::devices::virtio::VirtioDevice;
-use crate::hv::{self, BootRegs, HvError};
+use crate::hv::{self, HvError};
+use crate::sys::event::{EventNotifier, Poller};
 
 /// How the VM ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,20 +63,18 @@ pub enum BuiltinError {
         source: vm_memory::mmap::FromRangesError,
     },
     #[error(transparent)]
-    Boot(#[from] boot::BootError),
-    #[error(transparent)]
-    Regs(#[from] regs::RegsError),
-    #[error(transparent)]
-    Mptable(#[from] mptable::MptableError),
+    Machine(#[from] machine::ArchError),
     #[error(transparent)]
     Disk(#[from] BlockError),
     #[error(transparent)]
-    Vsock(#[from] MuxerError),
+    Vsock(Box<dyn std::error::Error + Send + Sync>),
+    #[error("{0} is not supported on this host")]
+    Unsupported(&'static str),
     #[error(transparent)]
     Mmio(#[from] MmioError),
     #[error("Device layout: {0}")]
     Bus(#[from] BusError),
-    #[error("Too many virtio devices ({0}); at most {max} fit the IOAPIC", max = layout::IOAPIC_PINS - layout::VIRTIO_IRQ_BASE)]
+    #[error("Too many virtio devices ({0}); at most {max} fit the {what}", max = machine::MAX_VIRTIO_DEVICES, what = machine::VIRTIO_LIMIT)]
     TooManyDevices(usize),
     #[error("Cannot open {what} {path}: {source}")]
     Output {
@@ -85,7 +94,7 @@ pub enum BuiltinError {
 /// The reason the VM stopped, recorded by whichever thread saw it first.
 pub(crate) struct ExitSignal {
     reason: Mutex<Option<Result<VmExit, String>>>,
-    evt: EventFd,
+    evt: EventNotifier,
     stopping: AtomicBool,
 }
 
@@ -93,7 +102,7 @@ impl ExitSignal {
     fn new() -> std::io::Result<Self> {
         Ok(ExitSignal {
             reason: Mutex::new(None),
-            evt: EventFd::new(EFD_NONBLOCK)?,
+            evt: EventNotifier::new()?,
             stopping: AtomicBool::new(false),
         })
     }
@@ -104,7 +113,7 @@ impl ExitSignal {
             *g = Some(r);
         }
         self.stopping.store(true, Ordering::SeqCst);
-        let _ = self.evt.write(1);
+        let _ = self.evt.notify();
     }
 
     pub(crate) fn stopping(&self) -> bool {
@@ -129,9 +138,7 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit, BuiltinError> {
     if !(16..=1 << 20).contains(&cfg.mem_mib) {
         return Err(BuiltinError::MemSize(cfg.mem_mib));
     }
-    if cfg.cpus == 0 || cfg.cpus > mptable::MAX_CPUS {
-        return Err(mptable::MptableError::CpuCount(cfg.cpus).into());
-    }
+    machine::check_cpus(cfg.cpus)?;
     let mem_size = cfg.mem_mib << 20;
     let hypervisor = hv::open()?;
     if let Some(note) = hypervisor.limitation() {
@@ -139,7 +146,7 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit, BuiltinError> {
     }
     let vm = hypervisor.create_vm()?;
     let mem =
-        GuestMemoryMmap::<()>::from_ranges(&layout::ram_ranges(mem_size)).map_err(|source| {
+        GuestMemoryMmap::<()>::from_ranges(&machine::ram_ranges(mem_size)?).map_err(|source| {
             BuiltinError::Memory {
                 mib: cfg.mem_mib,
                 source,
@@ -147,37 +154,23 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit, BuiltinError> {
         })?;
     vm.map_memory(&mem)?;
 
-    let kernel = boot::load_kernel(&mem, &cfg.kernel)?;
-    let initrd = match &cfg.initrd {
-        Some(p) => Some(boot::load_initrd(&mem, mem_size, &kernel, p)?),
-        None => None,
-    };
+    let loaded = machine::load(&mem, cfg, mem_size)?;
 
     let exit = Arc::new(ExitSignal::new().map_err(BuiltinError::EventLoop)?);
 
     // Legacy devices.
-    let mut pio = Bus::new();
+    let mut buses = vcpu::Buses {
+        pio: Bus::new(),
+        mmio: Bus::new(),
+    };
     let serial_out: legacy::SerialOut = match &cfg.serial {
         SerialConfig::Stdio => Box::new(std::io::stdout()),
         SerialConfig::File(p) => Box::new(open_output("serial log", p)?),
         SerialConfig::None => Box::new(std::io::sink()),
     };
-    let serial = Arc::new(Mutex::new(SerialDevice::new(
-        vm.irq_line(layout::COM1_IRQ)?,
-        serial_out,
-    )));
-    pio.insert(legacy::COM1_PORT, legacy::COM_LEN, serial.clone())?;
-    let reset_exit = exit.clone();
-    let i8042 = I8042(I8042Device::new(ResetTrigger(Box::new(move || {
-        reset_exit.set(Ok(VmExit::Reset))
-    }))));
-    pio.insert(
-        legacy::I8042_PORT,
-        legacy::I8042_LEN,
-        Arc::new(Mutex::new(i8042)),
-    )?;
+    let serial = machine::add_legacy(vm.as_ref(), &mut buses, serial_out, &exit)?;
 
-    // virtio devices, announced on the command line.
+    // virtio devices, announced on the command line (x86_64) or in the device tree (arm64).
     let mut devices: Vec<(String, Box<dyn VirtioDevice>)> = Vec::new();
     for (i, d) in cfg.disks.iter().enumerate() {
         devices.push((
@@ -189,40 +182,32 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit, BuiltinError> {
         devices.push(("virtio-rng".into(), Box::<Rng>::default()));
     }
     if let Some(v) = &cfg.vsock {
-        devices.push((
-            "virtio-vsock".into(),
-            Box::new(Vsock::new(v.cid, &v.uds_path)?),
-        ));
+        devices.push(("virtio-vsock".into(), vsock_device(v)?));
     }
     if let Some(p) = &cfg.console {
         let out: Arc<Mutex<dyn Write + Send>> =
             Arc::new(Mutex::new(open_output("console log", p)?));
         devices.push(("virtio-console".into(), Box::new(Console::new(out))));
     }
-    if devices.len() > (layout::IOAPIC_PINS - layout::VIRTIO_IRQ_BASE) as usize {
+    if devices.len() > machine::MAX_VIRTIO_DEVICES {
         return Err(BuiltinError::TooManyDevices(devices.len()));
     }
-    let mut mmio = Bus::new();
-    let mut cmdline = cfg.cmdline.clone();
+    let mut slots = Vec::new();
     for (i, (name, dev)) in devices.into_iter().enumerate() {
-        let base = layout::VIRTIO_MMIO_START + i as u64 * layout::VIRTIO_MMIO_SIZE;
-        let irq = layout::VIRTIO_IRQ_BASE + i as u32;
+        let (base, irq) = machine::virtio_slot(i)?;
         let transport = MmioTransport::new(name, dev, mem.clone(), vm.irq_line(irq)?)?;
         for (q, evt) in transport.queue_evts().iter().enumerate() {
             vm.register_mmio_notifier(base + REG_QUEUE_NOTIFY, Some(q as u32), evt)?;
         }
-        mmio.insert(
+        buses.mmio.insert(
             base,
-            layout::VIRTIO_MMIO_SIZE,
+            machine::VIRTIO_MMIO_SIZE,
             Arc::new(Mutex::new(transport)),
         )?;
-        cmdline.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
+        slots.push((base, irq));
     }
 
-    let cmdline = boot::cmdline(&cmdline)?;
-    let zero_page = boot::write_boot_params(&mem, mem_size, &kernel, &cmdline, initrd)?;
-    mptable::setup(&mem, cfg.cpus)?;
-    let boot_regs = BootRegs::X86_64(regs::setup_long_mode(&mem, kernel.entry, zero_page)?);
+    let boot_regs = machine::boot_regs(&mem, cfg, mem_size, loaded, &slots)?;
 
     let mut vcpus = Vec::new();
     for i in 0..cfg.cpus {
@@ -233,7 +218,7 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit, BuiltinError> {
         vcpus.push(v);
     }
 
-    let buses = Arc::new(vcpu::Buses { pio, mmio });
+    let buses = Arc::new(buses);
     let mut kickers = Vec::new();
     let mut threads = Vec::new();
     for (i, v) in vcpus.into_iter().enumerate() {
@@ -267,7 +252,20 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit, BuiltinError> {
     result
 }
 
-/// Serves host stdin to COM1 until a vCPU reports the VM's end.
+#[cfg(target_os = "linux")]
+fn vsock_device(v: &VsockConfig) -> Result<Box<dyn VirtioDevice>, BuiltinError> {
+    use crate::devices::virtio::vsock::Vsock;
+    let dev = Vsock::new(v.cid, &v.uds_path).map_err(|e| BuiltinError::Vsock(Box::new(e)))?;
+    Ok(Box::new(dev))
+}
+
+/// The vsock muxer polls host unix sockets with epoll, so the device exists on Linux only.
+#[cfg(not(target_os = "linux"))]
+fn vsock_device(_v: &VsockConfig) -> Result<Box<dyn VirtioDevice>, BuiltinError> {
+    Err(BuiltinError::Unsupported("virtio-vsock"))
+}
+
+/// Serves host stdin to the console UART until a vCPU reports the VM's end.
 fn wait_for_exit(
     cfg: &VmConfig,
     exit: &ExitSignal,
@@ -275,53 +273,35 @@ fn wait_for_exit(
 ) -> Result<VmExit, BuiltinError> {
     const EXIT_KEY: u64 = 0;
     const STDIN_KEY: u64 = 1;
-    let epoll = Epoll::new().map_err(BuiltinError::EventLoop)?;
-    epoll
-        .ctl(
-            ControlOperation::Add,
-            exit.evt.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, EXIT_KEY),
-        )
+    let poller = Poller::new().map_err(BuiltinError::EventLoop)?;
+    poller
+        .add(&exit.evt, EXIT_KEY)
         .map_err(BuiltinError::EventLoop)?;
     let mut input = (cfg.serial == SerialConfig::Stdio)
         .then(stdin::Input::new)
         .flatten();
-    if let Some(inp) = &input {
+    if let Some(inp) = &mut input {
         // stdin may be a file or /dev/null, which epoll refuses: then there is no input.
-        if epoll
-            .ctl(
-                ControlOperation::Add,
-                inp.fd(),
-                EpollEvent::new(EventSet::IN, STDIN_KEY),
-            )
-            .is_err()
-        {
+        if !inp.watch(&poller, STDIN_KEY) {
             input = None;
         }
     }
-    let mut events = vec![EpollEvent::default(); 4];
+    let mut ready = Vec::with_capacity(4);
     let mut pending: Vec<u8> = Vec::new();
     loop {
         // While input waits for FIFO room, poll every 10 ms; otherwise sleep until an event.
-        let timeout = if pending.is_empty() { -1 } else { 10 };
-        let n = match epoll.wait(timeout, &mut events) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(BuiltinError::EventLoop(e)),
-        };
-        for ev in &events[..n] {
-            if ev.data() == STDIN_KEY && pending.is_empty() {
-                match input.as_mut().map(|i| i.read()) {
-                    Some(Ok(bytes)) if !bytes.is_empty() => pending = bytes,
-                    _ => {
-                        // EOF or error: stop watching stdin.
-                        if let Some(inp) = input.take() {
-                            let _ = epoll.ctl(
-                                ControlOperation::Delete,
-                                inp.fd(),
-                                EpollEvent::default(),
-                            );
-                        }
+        let timeout = (!pending.is_empty()).then_some(Duration::from_millis(10));
+        poller
+            .wait(timeout, &mut ready)
+            .map_err(BuiltinError::EventLoop)?;
+        if ready.contains(&STDIN_KEY) && pending.is_empty() {
+            match input.as_mut().map(|i| i.read()) {
+                Some(Ok(bytes)) if !bytes.is_empty() => pending = bytes,
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                _ => {
+                    // EOF or error: stop watching stdin.
+                    if let Some(mut inp) = input.take() {
+                        inp.unwatch(&poller);
                     }
                 }
             }

@@ -13,7 +13,7 @@ mod backend;
 #[cfg(all(target_os = "macos", target_arch = "aarch64"))]
 mod ffi;
 #[cfg(all(target_os = "macos", target_arch = "aarch64"))]
-pub use backend::Hvf;
+pub use backend::{Hvf, IPA_BITS};
 
 /// Fuzz entry: what an arm64 guest controls at an exit (the syndrome, x0..x3 of an `hvc`,
 /// the bytes a device returns for a load), decoded and applied the way the backend does,

@@ -68,6 +68,12 @@ impl Poller {
         )
     }
 
+    /// Stops watching a file descriptor added with `add_fd`.
+    pub fn remove_fd(&self, fd: std::os::fd::RawFd) -> io::Result<()> {
+        self.0
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default())
+    }
+
     /// Fills `ready` with the keys of readable entries, waiting up to `timeout` (forever when
     /// None); returns with `ready` empty on timeout.
     pub fn wait(&self, timeout: Option<Duration>, ready: &mut Vec<u64>) -> io::Result<()> {
