@@ -23,7 +23,8 @@ use vm_memory::GuestMemoryMmap;
 
 use super::worker::{QueueHandler, Worker};
 use super::{
-    read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt, TYPE_VSOCK,
+    queue_usable, read_config_bytes, ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt,
+    TYPE_VSOCK,
 };
 pub use muxer::{Muxer, MuxerError};
 use queues::{drain_tx, fill_rx, packet_buffer, NUM_QUEUES, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
@@ -129,10 +130,13 @@ impl VsockHandler {
         if host {
             m.process_host_events();
         }
-        if tx {
+        // A driver that broke a ring gets DEVICE_NEEDS_RESET and no more service on it.
+        if tx && queue_usable("virtio-vsock tx", &self.tx, &self.mem, &self.interrupt) {
             used |= drain_tx(&mut m, &mut self.tx, &self.mem, &mut self.buf);
         }
-        used |= fill_rx(&mut m, &mut self.rx, &self.mem, &mut self.buf);
+        if queue_usable("virtio-vsock rx", &self.rx, &self.mem, &self.interrupt) {
+            used |= fill_rx(&mut m, &mut self.rx, &self.mem, &mut self.buf);
+        }
         drop(m);
         if used {
             self.interrupt.signal_used_queue();
