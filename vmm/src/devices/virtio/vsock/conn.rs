@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 use super::packet::*;
 
@@ -18,6 +19,10 @@ use super::packet::*;
 pub const CONN_BUF_SIZE: u32 = 256 * 1024;
 /// Largest payload we put in one rx packet (Linux guests post 4 KiB rx buffers).
 pub const MAX_PKT_PAYLOAD: usize = 64 * 1024;
+/// How long the guest has to answer our REQUEST (generous: TCG guests are slow).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the guest has to answer our SHUTDOWN(both) with RST (Linux waits 8 s itself).
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(8);
 /// Send a CREDIT_UPDATE when the guest's view of our free space lags by this much.
 const CREDIT_UPDATE_THRESHOLD: u32 = CONN_BUF_SIZE / 4;
 
@@ -92,6 +97,8 @@ pub struct Conn {
     host_eof: bool,
     /// Queued in the table's rx ready list.
     pub in_ready: bool,
+    /// When the guest's answer to our REQUEST or SHUTDOWN(both) is overdue (then: RST).
+    pub deadline: Option<Instant>,
 }
 
 impl Conn {
@@ -118,6 +125,7 @@ impl Conn {
             host_hup: false,
             host_eof: false,
             in_ready: false,
+            deadline: None,
         }
     }
 
@@ -171,6 +179,7 @@ impl Conn {
         match (self.state, h.op) {
             (State::LocalInit, OP_RESPONSE) => {
                 self.state = State::Established;
+                self.deadline = None;
                 // The hybrid-vsock handshake's answer: small, on a fresh socket, so it fits
                 // the socket buffer; a client that cannot take 16 bytes is reset.
                 let ok = format!("OK {}\n", self.local_port);
@@ -340,6 +349,12 @@ impl Conn {
             let mut h = self.header(op);
             if bit == P_SHUTDOWN {
                 h.flags = self.shutdown_flags;
+                if h.flags == SHUTDOWN_BOTH {
+                    self.deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+                }
+            }
+            if bit == P_REQUEST {
+                self.deadline = Some(Instant::now() + REQUEST_TIMEOUT);
             }
             buf[..HDR_LEN].copy_from_slice(&h.encode());
             return Some(HDR_LEN);
@@ -397,6 +412,18 @@ impl Conn {
             self.produce(buf)
         } else {
             None
+        }
+    }
+
+    /// Resets the connection if the guest's answer is overdue at `now`; true if it did.
+    pub fn expire(&mut self, now: Instant) -> bool {
+        match self.deadline {
+            Some(d) if d <= now && self.state != State::Closing => {
+                self.deadline = None;
+                self.reset();
+                true
+            }
+            _ => false,
         }
     }
 
@@ -577,6 +604,33 @@ mod tests {
         let (h, _) = next(&mut c).unwrap();
         assert_eq!(h.op, OP_RST);
         assert!(c.finished());
+    }
+
+    #[test]
+    fn test_unanswered_request_and_shutdown_expire_to_rst() {
+        let (ours, _t) = pair();
+        let mut c = Conn::host_initiated(ours, 1 << 30, 2375, 3);
+        assert!(
+            !c.expire(Instant::now() + REQUEST_TIMEOUT * 2),
+            "no deadline before REQUEST"
+        );
+        assert_eq!(next(&mut c).unwrap().0.op, OP_REQUEST);
+        assert!(!c.expire(Instant::now()));
+        assert!(c.expire(Instant::now() + REQUEST_TIMEOUT));
+        assert_eq!(next(&mut c).unwrap().0.op, OP_RST);
+        assert!(c.finished());
+
+        // The host hung up; the guest never answers our SHUTDOWN(both).
+        let (ours, theirs) = pair();
+        let mut c = Conn::guest_initiated(ours, &guest_hdr(OP_REQUEST), 3);
+        next(&mut c).unwrap();
+        drop(theirs);
+        c.readable = true;
+        c.host_hup = true;
+        let (h, _) = next(&mut c).unwrap();
+        assert_eq!((h.op, h.flags), (OP_SHUTDOWN, SHUTDOWN_BOTH));
+        assert!(c.expire(Instant::now() + CLOSE_TIMEOUT));
+        assert_eq!(next(&mut c).unwrap().0.op, OP_RST);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::conn::{Conn, State, Verdict, CONN_BUF_SIZE, MAX_PKT_PAYLOAD};
 use super::packet::*;
@@ -33,6 +34,9 @@ const MAX_HANDSHAKE: usize = 32;
 const LOCAL_PORT_BASE: u32 = 1 << 30;
 
 const LISTENER_KEY: u64 = u64::MAX;
+const TIMER_KEY: u64 = u64::MAX - 1;
+/// How often overdue connections are looked for while some wait for the guest.
+const TIMER_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 const HANDSHAKE_TAG: u64 = 1 << 32;
 
 /// Errors setting up the host side.
@@ -72,6 +76,9 @@ pub struct Muxer {
     rst_queue: VecDeque<Header>,
     next_local_port: u32,
     buffered_total: usize,
+    /// Ticks while some connection waits for the guest's RESPONSE or RST.
+    timer: TimerFd,
+    timer_armed: bool,
 }
 
 impl Muxer {
@@ -101,6 +108,15 @@ impl Muxer {
                 EpollEvent::new(EventSet::IN, LISTENER_KEY),
             )
             .map_err(MuxerError::Epoll)?;
+        let timer = TimerFd::new()
+            .map_err(|e| MuxerError::Epoll(std::io::Error::from_raw_os_error(e.errno())))?;
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                timer.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, TIMER_KEY),
+            )
+            .map_err(MuxerError::Epoll)?;
         Ok(Muxer {
             guest_cid,
             uds_path: uds_path.to_path_buf(),
@@ -113,6 +129,8 @@ impl Muxer {
             rst_queue: VecDeque::new(),
             next_local_port: LOCAL_PORT_BASE,
             buffered_total: 0,
+            timer,
+            timer_armed: false,
         })
     }
 
@@ -132,6 +150,9 @@ impl Muxer {
 
     /// Drops every connection (device reset): host clients see their socket close.
     pub fn reset(&mut self) {
+        if self.timer_armed {
+            self.arm_timer(false);
+        }
         self.conns.clear();
         self.by_fd.clear();
         self.ready.clear();
@@ -310,6 +331,13 @@ impl Muxer {
             };
             conn.in_ready = false;
             out = conn.produce(buf);
+            let wants_timer = conn.deadline.is_some();
+            if wants_timer && !self.timer_armed {
+                self.arm_timer(true);
+            }
+            let Some(conn) = self.conns.get_mut(&key) else {
+                continue;
+            };
             if conn.finished() {
                 self.remove(key);
             } else if out.is_some() {
@@ -342,7 +370,9 @@ impl Muxer {
             };
             for ev in &events[..n] {
                 let data = ev.data();
-                if data == LISTENER_KEY {
+                if data == TIMER_KEY {
+                    self.expire_overdue();
+                } else if data == LISTENER_KEY {
                     self.accept_clients();
                 } else if data & HANDSHAKE_TAG != 0 {
                     self.read_handshake((data & !HANDSHAKE_TAG) as RawFd);
@@ -353,6 +383,39 @@ impl Muxer {
             if n < events.len() {
                 return;
             }
+        }
+    }
+
+    fn arm_timer(&mut self, on: bool) {
+        let r = if on {
+            self.timer.reset(TIMER_TICK, Some(TIMER_TICK))
+        } else {
+            self.timer.clear()
+        };
+        match r {
+            Ok(()) => self.timer_armed = on,
+            Err(e) => warn_ratelimited!("vsock: timer: {e}"),
+        }
+    }
+
+    /// Resets connections whose REQUEST or SHUTDOWN the guest left unanswered too long.
+    fn expire_overdue(&mut self) {
+        let _ = self.timer.wait();
+        let now = std::time::Instant::now();
+        let mut expired = Vec::new();
+        let mut waiting = false;
+        for (key, c) in self.conns.iter_mut() {
+            if c.expire(now) {
+                expired.push(*key);
+            }
+            waiting |= c.deadline.is_some();
+        }
+        for key in expired {
+            log::debug!("vsock: guest did not answer on port {}; reset", key.1);
+            self.mark_ready(key);
+        }
+        if !waiting {
+            self.arm_timer(false);
         }
     }
 
@@ -580,6 +643,36 @@ mod tests {
         m.send_from_guest(&guest(OP_RST, 1234, req.src_port), &[]);
         assert_eq!(m.conn_count(), 0);
         assert_eq!(client.read(&mut got).unwrap(), 0);
+    }
+
+    #[test]
+    fn test_unanswered_host_connect_is_reset_by_the_timer() {
+        let d = tempfile::tempdir().unwrap();
+        let mut m = muxer(d.path());
+        let mut client = UnixStream::connect(d.path().join("v.sock")).unwrap();
+        client.write_all(b"CONNECT 77\n").unwrap();
+        let (req, _) = pump(&mut m, rx);
+        assert_eq!(req.op, OP_REQUEST);
+        assert!(m.timer_armed);
+        // Pretend REQUEST_TIMEOUT has passed; the next tick (1 s) resets the connection.
+        for c in m.conns.values_mut() {
+            c.deadline = Some(std::time::Instant::now());
+        }
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let rst = loop {
+            m.process_host_events();
+            if let Some((h, _)) = rx(&mut m) {
+                break h;
+            }
+            assert!(std::time::Instant::now() < end, "no RST after the deadline");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert_eq!((rst.op, rst.dst_port), (OP_RST, 77));
+        assert_eq!(m.conn_count(), 0);
+        let mut b = [0u8; 4];
+        assert_eq!(client.read(&mut b).unwrap(), 0, "the host client is closed");
+        // Nothing waits any more: the timer is off (no idle wake-ups).
+        pump(&mut m, |m| (!m.timer_armed).then_some(()));
     }
 
     #[test]
