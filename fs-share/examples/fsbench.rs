@@ -4,133 +4,146 @@
 //! Usage: [FSBENCH_DROP_CACHES=1] fsbench DIR        (DIR/tree must hold the 10k-file tree made by `fsbench --mktree`)
 //!        fsbench --mktree DIR
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
-use std::path::Path;
-use std::time::{Duration, Instant};
-
-const SEQ_MB: usize = 64;
-const SMALL_FILES: usize = 1000;
-const TREE_DIRS: usize = 100;
-const TREE_FILES: usize = 100;
-
-/// Drops the page cache, only inside the test guest (FSBENCH_DROP_CACHES=1): never on a
-/// shared host.
-fn drop_caches() {
-    if std::env::var_os("FSBENCH_DROP_CACHES").is_some() {
-        let _ = fs::write("/proc/sys/vm/drop_caches", "3");
-    }
-}
-
-fn result(name: &str, v: f64) {
-    println!("RESULT {name} {v:.1}");
-}
-
-fn mktree(dir: &Path) -> std::io::Result<()> {
-    for d in 0..TREE_DIRS {
-        let sub = dir.join(format!("tree/d{d:03}"));
-        fs::create_dir_all(&sub)?;
-        for f in 0..TREE_FILES {
-            fs::write(sub.join(format!("f{f:03}.rs")), b"fn main() {}\n")?;
-        }
-    }
-    Ok(())
-}
-
-fn walk(dir: &Path, n: &mut usize) -> std::io::Result<()> {
-    for e in fs::read_dir(dir)? {
-        let e = e?;
-        let md = fs::symlink_metadata(e.path())?;
-        *n += 1;
-        if md.is_dir() {
-            walk(&e.path(), n)?;
-        }
-    }
-    Ok(())
-}
-
+#[cfg(unix)]
 fn main() -> std::io::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    if args.len() == 3 && args[1] == "--mktree" {
-        return mktree(Path::new(&args[2]));
-    }
-    let Some(dir) = args.get(1).map(Path::new) else {
-        eprintln!("usage: fsbench DIR | fsbench --mktree DIR");
-        std::process::exit(2);
-    };
-    let seq = dir.join("seq.bin");
-    let chunk = vec![0x5au8; 1 << 20];
+    imp::main()
+}
 
-    let t = Instant::now();
-    let mut f = File::create(&seq)?;
-    for _ in 0..SEQ_MB {
-        f.write_all(&chunk)?;
-    }
-    f.sync_all()?;
-    drop(f);
-    result("seq_write_MBps", SEQ_MB as f64 / t.elapsed().as_secs_f64());
+#[cfg(not(unix))]
+fn main() {
+    eprintln!("fsbench needs a unix host or guest");
+}
 
-    drop_caches();
-    let t = Instant::now();
-    let mut f = File::open(&seq)?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0usize;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
+#[cfg(unix)]
+mod imp {
+    use std::fs::{self, File, OpenOptions};
+    use std::io::{Read, Write};
+    use std::os::unix::fs::FileExt;
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    const SEQ_MB: usize = 64;
+    const SMALL_FILES: usize = 1000;
+    const TREE_DIRS: usize = 100;
+    const TREE_FILES: usize = 100;
+
+    /// Drops the page cache, only inside the test guest (FSBENCH_DROP_CACHES=1): never on a
+    /// shared host.
+    fn drop_caches() {
+        if std::env::var_os("FSBENCH_DROP_CACHES").is_some() {
+            let _ = fs::write("/proc/sys/vm/drop_caches", "3");
         }
-        total += n;
     }
-    assert_eq!(total, SEQ_MB << 20);
-    result("seq_read_MBps", SEQ_MB as f64 / t.elapsed().as_secs_f64());
 
-    drop_caches();
-    let f = OpenOptions::new().read(true).open(&seq)?;
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut page = [0u8; 4096];
-    let blocks = ((SEQ_MB << 20) / 4096) as u64;
-    let t = Instant::now();
-    let mut ops = 0u64;
-    while t.elapsed() < Duration::from_secs(3) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        f.read_exact_at(&mut page, (x % blocks) * 4096)?;
-        ops += 1;
+    fn result(name: &str, v: f64) {
+        println!("RESULT {name} {v:.1}");
     }
-    result("rand_read_4k_IOPS", ops as f64 / t.elapsed().as_secs_f64());
-    fs::remove_file(&seq)?;
 
-    let small = dir.join("small");
-    fs::create_dir_all(&small)?;
-    let names: Vec<_> = (0..SMALL_FILES)
-        .map(|i| small.join(format!("s{i}")))
-        .collect();
-    let t = Instant::now();
-    for p in &names {
-        File::create(p)?;
+    fn mktree(dir: &Path) -> std::io::Result<()> {
+        for d in 0..TREE_DIRS {
+            let sub = dir.join(format!("tree/d{d:03}"));
+            fs::create_dir_all(&sub)?;
+            for f in 0..TREE_FILES {
+                fs::write(sub.join(format!("f{f:03}.rs")), b"fn main() {}\n")?;
+            }
+        }
+        Ok(())
     }
-    result("create_ops", SMALL_FILES as f64 / t.elapsed().as_secs_f64());
-    drop_caches();
-    let t = Instant::now();
-    for p in &names {
-        fs::metadata(p)?;
-    }
-    result("stat_ops", SMALL_FILES as f64 / t.elapsed().as_secs_f64());
-    let t = Instant::now();
-    for p in &names {
-        fs::remove_file(p)?;
-    }
-    result("unlink_ops", SMALL_FILES as f64 / t.elapsed().as_secs_f64());
 
-    drop_caches();
-    let t = Instant::now();
-    let mut n = 0;
-    walk(&dir.join("tree"), &mut n)?;
-    let secs = t.elapsed().as_secs_f64();
-    result("tree_walk_10k_ms", secs * 1000.0);
-    result("tree_walk_entries", n as f64);
-    Ok(())
+    fn walk(dir: &Path, n: &mut usize) -> std::io::Result<()> {
+        for e in fs::read_dir(dir)? {
+            let e = e?;
+            let md = fs::symlink_metadata(e.path())?;
+            *n += 1;
+            if md.is_dir() {
+                walk(&e.path(), n)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn main() -> std::io::Result<()> {
+        let args: Vec<String> = std::env::args().collect();
+        if args.len() == 3 && args[1] == "--mktree" {
+            return mktree(Path::new(&args[2]));
+        }
+        let Some(dir) = args.get(1).map(Path::new) else {
+            eprintln!("usage: fsbench DIR | fsbench --mktree DIR");
+            std::process::exit(2);
+        };
+        let seq = dir.join("seq.bin");
+        let chunk = vec![0x5au8; 1 << 20];
+
+        let t = Instant::now();
+        let mut f = File::create(&seq)?;
+        for _ in 0..SEQ_MB {
+            f.write_all(&chunk)?;
+        }
+        f.sync_all()?;
+        drop(f);
+        result("seq_write_MBps", SEQ_MB as f64 / t.elapsed().as_secs_f64());
+
+        drop_caches();
+        let t = Instant::now();
+        let mut f = File::open(&seq)?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0usize;
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        assert_eq!(total, SEQ_MB << 20);
+        result("seq_read_MBps", SEQ_MB as f64 / t.elapsed().as_secs_f64());
+
+        drop_caches();
+        let f = OpenOptions::new().read(true).open(&seq)?;
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut page = [0u8; 4096];
+        let blocks = ((SEQ_MB << 20) / 4096) as u64;
+        let t = Instant::now();
+        let mut ops = 0u64;
+        while t.elapsed() < Duration::from_secs(3) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            f.read_exact_at(&mut page, (x % blocks) * 4096)?;
+            ops += 1;
+        }
+        result("rand_read_4k_IOPS", ops as f64 / t.elapsed().as_secs_f64());
+        fs::remove_file(&seq)?;
+
+        let small = dir.join("small");
+        fs::create_dir_all(&small)?;
+        let names: Vec<_> = (0..SMALL_FILES)
+            .map(|i| small.join(format!("s{i}")))
+            .collect();
+        let t = Instant::now();
+        for p in &names {
+            File::create(p)?;
+        }
+        result("create_ops", SMALL_FILES as f64 / t.elapsed().as_secs_f64());
+        drop_caches();
+        let t = Instant::now();
+        for p in &names {
+            fs::metadata(p)?;
+        }
+        result("stat_ops", SMALL_FILES as f64 / t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        for p in &names {
+            fs::remove_file(p)?;
+        }
+        result("unlink_ops", SMALL_FILES as f64 / t.elapsed().as_secs_f64());
+
+        drop_caches();
+        let t = Instant::now();
+        let mut n = 0;
+        walk(&dir.join("tree"), &mut n)?;
+        let secs = t.elapsed().as_secs_f64();
+        result("tree_walk_10k_ms", secs * 1000.0);
+        result("tree_walk_entries", n as f64);
+        Ok(())
+    }
 }

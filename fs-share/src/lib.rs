@@ -58,9 +58,11 @@ pub mod sys;
 pub mod transport;
 
 pub use config::{CachePolicy, OwnerMap, ShareConfig};
+#[cfg(target_os = "linux")]
 pub use fuse_backend_rs::abi::fuse_abi;
 /// The FUSE-decode ↔ filesystem boundary (`FileSystem`, `Context`, `Entry`, …): a new
 /// platform passthrough implements this trait.
+#[cfg(target_os = "linux")]
 pub use fuse_backend_rs::api::filesystem;
 #[cfg(target_os = "linux")]
 pub use sys::PassthroughFs;

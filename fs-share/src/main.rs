@@ -1,11 +1,9 @@
 //! `fs-share`: serve a host folder over vhost-user-fs, or mount it through /dev/fuse.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use fs_share::{CachePolicy, OwnerMap, PassthroughFs, ShareConfig};
+use fs_share::{CachePolicy, OwnerMap, ShareConfig};
 
 #[derive(Parser)]
 #[command(
@@ -83,7 +81,8 @@ struct ShareArgs {
 }
 
 impl ShareArgs {
-    fn open(self) -> anyhow::Result<Arc<PassthroughFs>> {
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    fn config(self) -> ShareConfig {
         let mut cfg = ShareConfig::new(self.shared_dir);
         cfg.readonly = self.readonly;
         cfg.cache = self.cache;
@@ -93,7 +92,7 @@ impl ShareArgs {
         cfg.max_inodes = self.max_inodes;
         cfg.max_inode_fds = self.max_inode_fds;
         cfg.max_open_files = self.max_open_files;
-        Ok(Arc::new(PassthroughFs::new(cfg)?))
+        cfg
     }
 }
 
@@ -106,7 +105,13 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().cmd {
+    run(Cli::parse().cmd)
+}
+
+#[cfg(target_os = "linux")]
+fn run(cmd: Cmd) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    match cmd {
         Cmd::Serve {
             socket,
             tag,
@@ -117,7 +122,7 @@ fn main() -> anyhow::Result<()> {
                 fs_share::transport::events::spawn(&share.shared_dir, ev)
                     .with_context(|| format!("events socket {}", ev.display()))?;
             }
-            let fs = share.open()?;
+            let fs = std::sync::Arc::new(fs_share::PassthroughFs::new(share.config())?);
             fs_share::transport::vhost_user::serve(fs, &socket, tag)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
@@ -126,7 +131,7 @@ fn main() -> anyhow::Result<()> {
             threads,
             share,
         } => {
-            let fs = share.open()?;
+            let fs = std::sync::Arc::new(fs_share::PassthroughFs::new(share.config())?);
             fs_share::transport::fusedev::mount_and_serve(fs, &mountpoint, threads)?;
         }
         Cmd::Watch { shared_dir } => {
@@ -134,4 +139,11 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn run(_cmd: Cmd) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "fs-share serves Linux hosts only so far (a macOS passthrough goes in src/sys/macos)"
+    )
 }

@@ -1,6 +1,7 @@
 //! Confinement attack suite, driven at the `FileSystem` boundary: exactly the requests a
 //! malicious guest can send (any node id, any name, any flags), against a real host folder.
 //! Every test also checks that a sentinel outside the share is unchanged.
+#![cfg(target_os = "linux")]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Host file events: `fs-share serve --events-socket` reports host changes (recursively, new
 //! directories included) within the 100 ms goal.
+#![cfg(target_os = "linux")]
 
 mod common;
 

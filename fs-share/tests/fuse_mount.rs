@@ -1,5 +1,6 @@
 //! `fs-share mount` through the real /dev/fuse: basic I/O, read-only, unmount behaviour and
 //! the pjdfstest suite compared case by case with the native filesystem.
+#![cfg(target_os = "linux")]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Fuzz smoke: the cargo-fuzz entry (`fs_share::fuzz::FuzzTarget::run`) over a few thousand
 //! generated and mutated FUSE requests, on stable Rust. Must not panic, must not touch
 //! anything outside the scratch share.
+#![cfg(target_os = "linux")]
 
 use std::fs;
 

@@ -1,6 +1,7 @@
 //! The share inside a real Linux guest: QEMU 7.2 (TCG) + `vhost-user-fs-pci` + `fs-share
 //! serve`, Debian's cloud kernel with the virtio-fs modules and a busybox initramfs built
 //! and cached by tests/guest/build-guest.sh.
+#![cfg(target_os = "linux")]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! A guest cannot exhaust host file descriptors or memory: inode fds live in a bounded LRU
 //! (reopened from kernel file handles), inodes and open files are capped with ENFILE.
 //! One test per file so the fd count of this process is not disturbed by other tests.
+#![cfg(target_os = "linux")]
 
 mod common;
 

@@ -157,7 +157,11 @@ impl FileSystem for PassthroughFs {
             | FsOptions::BIG_WRITES
             | FsOptions::MAX_PAGES
             | FsOptions::PARALLEL_DIROPS
-            | FsOptions::HANDLE_KILLPRIV_V2;
+            | FsOptions::HANDLE_KILLPRIV_V2
+            // O_TRUNC comes with OPEN (one request instead of OPEN + SETATTR).
+            | FsOptions::ATOMIC_O_TRUNC
+            // Direct I/O requests may be in flight together.
+            | FsOptions::ASYNC_DIO;
         // READDIRPLUS returns entries the client may cache; with timeout 0 (cache none) they
         // are stale at once and every entry would be looked up twice, so it is off there.
         match self.cfg.cache {
