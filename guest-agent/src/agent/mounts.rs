@@ -160,8 +160,37 @@ fn mount_data(dev: &Path) -> bool {
 
 /// Mount a virtio-fs tag at `path`.
 pub fn share(tag: &str, path: &str) -> io::Result<()> {
-    fs::create_dir_all(path)?;
+    make_mount_point(path)?;
     mount(tag, path, "virtiofs", NODEV, "")
+}
+
+/// Creates `path` for a share. The root file system is read-only, so when a folder on the
+/// way cannot be created there (a share at `/mnt/src` or `/home/alice`, as on the host), a
+/// tmpfs goes over the deepest existing ancestor first (`/mnt`, `/home`), which the image
+/// ships empty. Shares directly under `/` need their top folder in the image.
+fn make_mount_point(path: &str) -> io::Result<()> {
+    match fs::create_dir_all(path) {
+        Err(e) if e.raw_os_error() == Some(libc::EROFS) => {
+            let mut ancestor = std::path::Path::new(path);
+            while !ancestor.exists() {
+                ancestor = ancestor.parent().unwrap_or(std::path::Path::new("/"));
+            }
+            let ancestor = ancestor.to_string_lossy().into_owned();
+            if ancestor == "/" {
+                return Err(e);
+            }
+            info!("share {path}: read-only root, a tmpfs over {ancestor} holds its mount point");
+            mount(
+                "tmpfs",
+                &ancestor,
+                "tmpfs",
+                NODEV | libc::MS_NOSUID,
+                "mode=755",
+            )?;
+            fs::create_dir_all(path)
+        }
+        other => other,
+    }
 }
 
 /// Unmount the data disk's users and the disk itself (best effort), then sync.
