@@ -60,7 +60,19 @@ pub async fn serve(listener: UnixListener, vsock_uds: PathBuf, guest_port: u32) 
 }
 
 async fn bridge(mut client: UnixStream, uds: &Path, port: u32) -> Result<(), String> {
-    let mut guest = vsock::connect(uds, port).await.map_err(|e| e.to_string())?;
+    // The guest may refuse for a moment (dockerd restarting, a full accept backlog under a
+    // burst of clients): retry briefly before giving up on this client.
+    let mut attempt = 0;
+    let mut guest = loop {
+        match vsock::connect(uds, port).await {
+            Ok(s) => break s,
+            Err(vsock::VsockError::Refused { .. }) if attempt < 20 => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(25 * attempt)).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
     // copy_bidirectional shuts down each write side when its source reaches EOF, so a
     // client's half-close reaches dockerd and the response still flows back.
     tokio::io::copy_bidirectional(&mut client, &mut guest)

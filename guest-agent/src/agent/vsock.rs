@@ -40,8 +40,10 @@ impl VsockListener {
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
+        // A deep backlog: hundreds of docker clients may connect at once, and a full backlog
+        // makes the guest refuse (RST) them.
         // SAFETY: listen on a bound socket we own.
-        if unsafe { libc::listen(fd.as_raw_fd(), 128) } < 0 {
+        if unsafe { libc::listen(fd.as_raw_fd(), 1024) } < 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(VsockListener { fd })
