@@ -9,8 +9,13 @@
 # with output on the serial console, prints "GUEST-EXIT <status>" and powers off.
 set -euo pipefail
 cache=${VMCTL_CACHE:-$HOME/.cache/vmctl}/fs-share-guest
-kpkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}')
-[ -n "$kpkg" ] || { echo "cannot resolve linux-image-cloud-amd64" >&2; exit 1; }
+resolve() { apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}'; }
+kpkg=$(resolve)
+if [ -z "$kpkg" ] && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq >&2 || true   # fresh images may have empty apt lists
+    kpkg=$(resolve)
+fi
+[ -n "$kpkg" ] || { echo "cannot resolve linux-image-cloud-amd64 (apt lists missing?)" >&2; exit 1; }
 key=$( { cat "$0"; echo "$kpkg"; for b in "$@"; do sha256sum "$b"; done; } | sha256sum | cut -c1-16)
 out=$cache/$key
 if [ -f "$out/initramfs.cpio.gz" ] && [ -f "$out/vmlinuz" ]; then echo "$out"; exit 0; fi
