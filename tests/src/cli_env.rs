@@ -135,7 +135,9 @@ pub fn busybox_tar(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(root.join("bin")).unwrap();
     std::fs::create_dir_all(root.join("www")).unwrap();
     std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for a in ["sh", "cat", "wget", "httpd", "uname", "echo", "sleep", "seq"] {
+    for a in [
+        "sh", "cat", "wget", "httpd", "uname", "echo", "sleep", "seq",
+    ] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
     }
     std::fs::write(root.join("www/index.html"), "published port works").unwrap();
@@ -190,7 +192,6 @@ pub fn http_get_localhost(port: u16, deadline: Duration) -> Result<String, Strin
     }
 }
 
-
 impl Env {
     /// A fresh, isolated environment for instance `name` (programs built, agent built).
     pub fn new(name: &str) -> Env {
@@ -199,7 +200,13 @@ impl Env {
         let home = tempfile::tempdir().unwrap();
         let docker_config = home.path().join("docker-config");
         std::fs::create_dir_all(&docker_config).unwrap();
-        Env { bin, home, docker_config, agent, name: name.to_string() }
+        Env {
+            bin,
+            home,
+            docker_config,
+            agent,
+            name: name.to_string(),
+        }
     }
 
     /// `vmctl start` with the test's agent, isolated from $HOME; returns how long it took.
@@ -214,7 +221,11 @@ impl Env {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Env {

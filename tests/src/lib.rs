@@ -1,9 +1,9 @@
 //! End-to-end test helpers: temp dirs, child processes killed on drop, timeouts.
 //! The scenarios live in `tests/tests/`.
 
+pub mod cli_env;
 pub mod guest;
 pub mod proc;
-pub mod cli_env;
 
 use std::path::{Path, PathBuf};
 

@@ -26,7 +26,9 @@ fn test_docker_socket_cli_scenarios_through_vsock() {
             return;
         }
     }
-    let Some(_assets) = assets_or_skip() else { return };
+    let Some(_assets) = assets_or_skip() else {
+        return;
+    };
     let env = Env::new("sock");
     env.vmctl_ok(&["config", "set", "share_home", "false"], STEP);
     env.start(&["--cpus", "2", "--memory", "2GiB", "--disk-size", "4GiB"]);
@@ -35,12 +37,21 @@ fn test_docker_socket_cli_scenarios_through_vsock() {
     let v = env.docker_ok(&["version", "--format", "{{.Server.Version}}"]);
     assert!(!v.trim().is_empty(), "server version: {v:?}");
     let dir = tempfile::tempdir().unwrap();
-    env.docker_ok(&["import", &busybox_tar(dir.path()).display().to_string(), "sock-bb"]);
-    assert_eq!(env.docker_ok(&["run", "--rm", "sock-bb", "echo", "hi"]).trim(), "hi");
+    env.docker_ok(&[
+        "import",
+        &busybox_tar(dir.path()).display().to_string(),
+        "sock-bb",
+    ]);
+    assert_eq!(
+        env.docker_ok(&["run", "--rm", "sock-bb", "echo", "hi"])
+            .trim(),
+        "hi"
+    );
 
     // Interactive: a pseudo-terminal (script(1)) around `docker run -it`; what we type is
     // echoed back and the shell's exit code comes back through the hijacked connection.
-    let cmd = "docker --context vmctl-sock run -it --rm sock-bb sh -c 'read x; echo got:$x; exit 7'";
+    let cmd =
+        "docker --context vmctl-sock run -it --rm sock-bb sh -c 'read x; echo got:$x; exit 7'";
     let mut child = std::process::Command::new("script")
         .args(["-qec", cmd, "/dev/null"])
         .env("DOCKER_CONFIG", &env.docker_config)
@@ -50,23 +61,51 @@ fn test_docker_socket_cli_scenarios_through_vsock() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(3));
-    child.stdin.as_mut().unwrap().write_all(b"typed-text\r").unwrap();
+    child
+        .stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"typed-text\r")
+        .unwrap();
     let out = wait_with_timeout(child, STEP);
-    assert_eq!(out.0, Some(7), "exit code of the interactive container: {out:?}");
+    assert_eq!(
+        out.0,
+        Some(7),
+        "exit code of the interactive container: {out:?}"
+    );
     assert!(out.1.contains("got:typed-text"), "{out:?}");
 
     // exec into a running container.
     env.docker_ok(&["run", "-d", "--name", "sleeper", "sock-bb", "sleep", "600"]);
-    assert_eq!(env.docker_ok(&["exec", "sleeper", "echo", "inside"]).trim(), "inside");
+    assert_eq!(
+        env.docker_ok(&["exec", "sleeper", "echo", "inside"]).trim(),
+        "inside"
+    );
 
     // logs -f streams while the container writes.
-    let id = env.docker_ok(&["run", "-d", "sock-bb", "sh", "-c", "for i in 1 2 3 4 5 6; do echo line$i; sleep 1; done"]);
-    let mut follow = env.docker_cmd().args(["logs", "-f", id.trim()]).stdout(Stdio::piped()).spawn().unwrap();
+    let id = env.docker_ok(&[
+        "run",
+        "-d",
+        "sock-bb",
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5 6; do echo line$i; sleep 1; done",
+    ]);
+    let mut follow = env
+        .docker_cmd()
+        .args(["logs", "-f", id.trim()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
     assert_eq!(first, "line1");
     let running = env.docker_ok(&["inspect", "-f", "{{.State.Running}}", id.trim()]);
-    assert_eq!(running.trim(), "true", "the first line arrived while the container still ran");
+    assert_eq!(
+        running.trim(),
+        "true",
+        "the first line arrived while the container still ran"
+    );
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert_eq!(rest.last().map(String::as_str), Some("line6"), "{rest:?}");
     let _ = follow.wait();
@@ -74,20 +113,58 @@ fn test_docker_socket_cli_scenarios_through_vsock() {
     // build with a 10 MB context.
     let ctx = dir.path().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
-    let big: Vec<u8> = (0..10u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let big: Vec<u8> = (0..10u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     std::fs::write(ctx.join("big.bin"), &big).unwrap();
     std::fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
-    std::fs::write(ctx.join("Dockerfile"), "FROM scratch\nCOPY busybox /busybox\nCOPY big.bin /big.bin\n").unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /busybox\nCOPY big.bin /big.bin\n",
+    )
+    .unwrap();
     env.docker_ok(&["build", "-t", "sock-ctx", &ctx.display().to_string()]);
-    let size = env.docker_ok(&["run", "--rm", "--entrypoint", "/busybox", "sock-ctx", "wc", "-c", "/big.bin"]);
-    assert!(size.trim().starts_with(&(10u32 << 20).to_string()), "{size}");
+    let size = env.docker_ok(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "/busybox",
+        "sock-ctx",
+        "wc",
+        "-c",
+        "/big.bin",
+    ]);
+    assert!(
+        size.trim().starts_with(&(10u32 << 20).to_string()),
+        "{size}"
+    );
 
     // A published port answers on host 127.0.0.1 within 1 s of `docker run` returning.
     let port = free_port();
-    env.docker_ok(&["run", "-d", "-p", &format!("{port}:80"), "sock-bb", "httpd", "-f", "-p", "80", "-h", "/www"]);
+    env.docker_ok(&[
+        "run",
+        "-d",
+        "-p",
+        &format!("{port}:80"),
+        "sock-bb",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
     let t = Instant::now();
-    http_get_localhost(port, Duration::from_secs(1)).unwrap_or_else(|e| panic!("port {port} not forwarded within 1 s: {e}\n{}", env.log_tail()));
-    eprintln!("published port forwarded after {:.0} ms", t.elapsed().as_secs_f64() * 1000.0);
+    http_get_localhost(port, Duration::from_secs(1)).unwrap_or_else(|e| {
+        panic!(
+            "port {port} not forwarded within 1 s: {e}\n{}",
+            env.log_tail()
+        )
+    });
+    eprintln!(
+        "published port forwarded after {:.0} ms",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
 
     // 200 concurrent API calls through the socket, and a few real CLI calls beside them.
     let handles: Vec<_> = (0..200)
@@ -97,11 +174,20 @@ fn test_docker_socket_cli_scenarios_through_vsock() {
         })
         .collect();
     let cli: Vec<_> = (0..10)
-        .map(|_| env.docker_cmd().args(["version", "--format", "{{.Server.Version}}"]).stdout(Stdio::piped()).spawn().unwrap())
+        .map(|_| {
+            env.docker_cmd()
+                .args(["version", "--format", "{{.Server.Version}}"])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
         .collect();
     for h in handles {
         let r = h.join().unwrap().unwrap();
-        assert!(r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200"), "{r}");
+        assert!(
+            r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200"),
+            "{r}"
+        );
         assert!(r.contains("ApiVersion"), "{r}");
     }
     for c in cli {
@@ -109,15 +195,29 @@ fn test_docker_socket_cli_scenarios_through_vsock() {
     }
 
     // A client killed mid-stream leaves the bridge healthy.
-    let mut events = env.docker_cmd().args(["events"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut events = env
+        .docker_cmd()
+        .args(["events"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     events.kill().unwrap();
     let _ = events.wait();
-    let mut logs = env.docker_cmd().args(["logs", "-f", "sleeper"]).stdout(Stdio::null()).spawn().unwrap();
+    let mut logs = env
+        .docker_cmd()
+        .args(["logs", "-f", "sleeper"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     logs.kill().unwrap();
     let _ = logs.wait();
-    assert_eq!(env.docker_ok(&["run", "--rm", "sock-bb", "echo", "still"]).trim(), "still");
+    assert_eq!(
+        env.docker_ok(&["run", "--rm", "sock-bb", "echo", "still"])
+            .trim(),
+        "still"
+    );
 
     // The guest reboots: the socket stops answering, then answers again; the supervisor lives.
     let supervisor = env.supervisor_pid().expect("supervisor pid");
@@ -127,22 +227,38 @@ fn test_docker_socket_cli_scenarios_through_vsock() {
     let t = Instant::now();
     let mut saw_down = false;
     loop {
-        let up = unix_http_get(&sock, "/_ping").map(|r| r.ends_with("OK")).unwrap_or(false);
+        let up = unix_http_get(&sock, "/_ping")
+            .map(|r| r.ends_with("OK"))
+            .unwrap_or(false);
         saw_down |= !up;
         if saw_down && up {
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(300), "Docker did not come back after the guest rebooted\n{}", env.log_tail());
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "Docker did not come back after the guest rebooted\n{}",
+            env.log_tail()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(vmctl::instance::process_alive(supervisor), "the supervisor survived the guest reboot");
+    assert!(
+        vmctl::instance::process_alive(supervisor),
+        "the supervisor survived the guest reboot"
+    );
     assert_eq!(env.supervisor_pid(), Some(supervisor));
-    assert_eq!(env.docker_ok(&["run", "--rm", "sock-bb", "echo", "back"]).trim(), "back");
+    assert_eq!(
+        env.docker_ok(&["run", "--rm", "sock-bb", "echo", "back"])
+            .trim(),
+        "back"
+    );
     env.vmctl_ok(&["stop"], STEP);
 }
 
 /// Waits for a child, killing it after `timeout`; returns (exit code, stdout, stderr).
-fn wait_with_timeout(mut child: std::process::Child, timeout: Duration) -> (Option<i32>, String, String) {
+fn wait_with_timeout(
+    mut child: std::process::Child,
+    timeout: Duration,
+) -> (Option<i32>, String, String) {
     let t = Instant::now();
     while t.elapsed() < timeout {
         if let Ok(Some(_)) = child.try_wait() {
@@ -152,5 +268,9 @@ fn wait_with_timeout(mut child: std::process::Child, timeout: Duration) -> (Opti
     }
     let _ = child.kill();
     let out = child.wait_with_output().unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

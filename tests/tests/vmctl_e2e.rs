@@ -10,7 +10,9 @@
 
 use std::time::{Duration, Instant};
 
-use vmctl_tests::cli_env::{busybox_tar, free_port, host_http_server, http_get_localhost, Env, STEP};
+use vmctl_tests::cli_env::{
+    busybox_tar, free_port, host_http_server, http_get_localhost, Env, STEP,
+};
 use vmctl_tests::{assets_or_skip, have, skip};
 
 #[test]
@@ -34,7 +36,16 @@ fn test_vmctl_start_docker_run_stop_restart_recover_delete() {
 
     // Isolated from the machine's $HOME: share only the test folder.
     env.vmctl_ok(&["config", "set", "share_home", "false"], STEP);
-    let took = env.start(&["--cpus", "2", "--memory", "2GiB", "--disk-size", "4GiB", "--mount", &mount]);
+    let took = env.start(&[
+        "--cpus",
+        "2",
+        "--memory",
+        "2GiB",
+        "--disk-size",
+        "4GiB",
+        "--mount",
+        &mount,
+    ]);
     eprintln!("cold vmctl start: {:.1} s", took.as_secs_f64());
 
     let sock = env.instance_dir().join("docker.sock");

@@ -27,6 +27,8 @@ pub const GUEST_CID: u32 = 3;
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
 /// Guest TCP port of the agent's optional Docker bridge (see `VMCTL_DOCKER_TCP_PORT`).
 const DOCKER_TCP_GUEST_PORT: u16 = 2376;
+/// How many guest kernel panics one supervisor recovers from by restarting the VM.
+const MAX_CRASH_RESTARTS: u32 = 3;
 /// How long a graceful stop waits for the guest to power off.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -272,6 +274,13 @@ fn stop_vm(inst: &Instance, running: &mut Running, force: bool) {
     running.qemu.kill();
 }
 
+/// Whether the guest kernel panicked (its console says so near the end).
+fn guest_panicked(inst: &Instance) -> bool {
+    let text = std::fs::read(inst.log("console")).unwrap_or_default();
+    let tail = &text[text.len().saturating_sub(16384)..];
+    String::from_utf8_lossy(tail).contains("Kernel panic - not syncing")
+}
+
 /// Whether the guest's last words on the console were a reboot (not a power-off or a crash).
 fn guest_rebooted(inst: &Instance) -> bool {
     let text = std::fs::read(inst.log("console")).unwrap_or_default();
@@ -385,14 +394,30 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
     log::info!("running; Docker socket at {}", inst.docker_sock().display());
 
     // Wait for a stop request or the VM's own end; a guest reboot restarts the VM (QEMU runs
-    // with -no-reboot, so a reboot ends its process) while the sockets stay served.
+    // with -no-reboot, so a reboot ends its process) while the sockets stay served, and so
+    // does a guest kernel panic, a few times, keeping the crashed console log.
+    let mut crash_restarts = 0;
     let force = loop {
         if let Some(status) = running.qemu.try_exit() {
-            if !guest_rebooted(inst) {
+            let crashed = guest_panicked(inst);
+            if !guest_rebooted(inst) && !crashed {
                 log::warn!("the VM exited on its own ({status})");
                 break None;
             }
-            log::info!("the guest rebooted; starting it again");
+            if crashed {
+                crash_restarts += 1;
+                log::error!(
+                    "the guest kernel panicked (see {}); restarting the VM ({crash_restarts} of {MAX_CRASH_RESTARTS})",
+                    inst.log("console").display()
+                );
+                let _ = std::fs::copy(inst.log("console"), inst.log("console-crash"));
+                if crash_restarts > MAX_CRASH_RESTARTS {
+                    log::error!("giving up after {MAX_CRASH_RESTARTS} guest crashes");
+                    break None;
+                }
+            } else {
+                log::info!("the guest rebooted; starting it again");
+            }
             {
                 let mut s = state.blocking_lock();
                 s.phase = "starting".into();
