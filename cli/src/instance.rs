@@ -217,6 +217,23 @@ pub fn kill_leftovers(inst: &Instance) -> Vec<u32> {
     killed
 }
 
+/// Log files are rotated when a run starts: past this size `NAME.log` becomes `NAME.log.1`
+/// (replacing the previous one), so logs never grow without bound across restarts.
+pub const LOG_ROTATE_BYTES: u64 = 8 << 20;
+
+/// Opens `path` for appending, rotating it first when it has grown past [`LOG_ROTATE_BYTES`].
+pub fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
+    if std::fs::metadata(path).is_ok_and(|m| m.len() > LOG_ROTATE_BYTES) {
+        let mut old = path.as_os_str().to_owned();
+        old.push(".1");
+        std::fs::rename(path, old)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
 /// Whether `pid` is a live process (zombies count as dead).
 pub fn process_alive(pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -254,6 +271,22 @@ mod tests {
         for bad in ["", "../x", "a/b", ".", "x y", &"a".repeat(33)] {
             assert!(Instance::new(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn test_open_log_rotates_past_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.log");
+        std::fs::write(&p, vec![b'a'; LOG_ROTATE_BYTES as usize + 1]).unwrap();
+        drop(open_log(&p).unwrap());
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 0);
+        assert_eq!(
+            std::fs::metadata(dir.path().join("x.log.1")).unwrap().len(),
+            LOG_ROTATE_BYTES + 1
+        );
+        std::fs::write(&p, b"small").unwrap();
+        drop(open_log(&p).unwrap());
+        assert_eq!(std::fs::read(&p).unwrap(), b"small");
     }
 
     #[test]

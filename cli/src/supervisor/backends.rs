@@ -68,11 +68,7 @@ impl Backend {
             name: name.to_string(),
             source,
         };
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .map_err(spawn_err)?;
+        let out = crate::instance::open_log(log).map_err(spawn_err)?;
         let err = out.try_clone().map_err(spawn_err)?;
         let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);

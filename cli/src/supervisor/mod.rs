@@ -484,11 +484,8 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
 pub fn spawn_detached(inst: &Instance, assets: &Assets) -> anyhow::Result<u32> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("locate the vmctl executable")?;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(inst.log("supervisor"))
-        .context("open the supervisor log")?;
+    let log =
+        crate::instance::open_log(&inst.log("supervisor")).context("open the supervisor log")?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args(["__supervise", "--name", &inst.name, "--kernel"])
         .arg(&assets.kernel)
