@@ -23,7 +23,6 @@ const KERNEL_HDR_MAGIC: u32 = 0x5372_6448;
 const KERNEL_LOADER_OTHER: u8 = 0xff;
 const KERNEL_MIN_ALIGNMENT_BYTES: u32 = 0x100_0000;
 const E820_RAM: u32 = 1;
-const PAGE_SIZE: u64 = 4096;
 const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
 
 /// Zero page layout (Linux arch/x86/include/uapi/asm/bootparam.h).
@@ -290,20 +289,15 @@ pub fn load_initrd(
     };
     let mut file = File::open(path).map_err(err)?;
     let size = file.metadata().map_err(err)?.len();
-    let max_addr = kernel
-        .initrd_addr_max()
-        .filter(|m| *m != 0)
-        .unwrap_or(0x7fff_ffff);
-    let limit = low_ram_end(mem_size).min(max_addr + 1);
-    let too_big = || BootError::InitrdTooBig {
-        size,
-        kernel_end: kernel.kernel_end,
-        limit,
-    };
-    let addr = limit.checked_sub(size).ok_or_else(too_big)? & !(PAGE_SIZE - 1);
-    if addr < kernel.kernel_end {
-        return Err(too_big());
-    }
+    let initrd_addr_max = kernel.initrd_addr_max().unwrap_or(0);
+    let addr =
+        initrd_address(mem_size, kernel.kernel_end, initrd_addr_max, size).map_err(|limit| {
+            BootError::InitrdTooBig {
+                size,
+                kernel_end: kernel.kernel_end,
+                limit,
+            }
+        })?;
     copy_to_guest(mem, addr, &mut file, size, "initrd")?;
     Ok((addr, size))
 }
@@ -324,19 +318,6 @@ pub fn cmdline(s: &str) -> Result<Cmdline, BootError> {
         return Err(BootError::Cmdline("it is longer than 2047 bytes"));
     }
     Ok(Cmdline(s.to_string()))
-}
-
-/// The e820 map for `mem_size` bytes of RAM (the same as `arch::x86_64::boot::e820_map`).
-pub fn e820_map(mem_size: u64) -> Vec<(u64, u64)> {
-    let mut map = vec![(0, EBDA_START)];
-    let low_end = low_ram_end(mem_size);
-    if low_end > HIMEM_START {
-        map.push((HIMEM_START, low_end - HIMEM_START));
-    }
-    if mem_size > MMIO_GAP_START {
-        map.push((MMIO_GAP_END, mem_size - MMIO_GAP_START));
-    }
-    map
 }
 
 fn put(page: &mut [u8], off: usize, bytes: &[u8]) {

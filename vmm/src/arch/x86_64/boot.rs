@@ -16,7 +16,6 @@ const KERNEL_HDR_MAGIC: u32 = 0x5372_6448;
 const KERNEL_LOADER_OTHER: u8 = 0xff;
 const KERNEL_MIN_ALIGNMENT_BYTES: u32 = 0x100_0000;
 const E820_RAM: u32 = 1;
-const PAGE_SIZE: u64 = 4096;
 /// 64-bit bzImages are entered this far past their load address (`startup_64`).
 const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
 
@@ -117,25 +116,18 @@ pub fn load_initrd(
     };
     let mut file = File::open(path).map_err(err)?;
     let size = file.metadata().map_err(err)?.len();
-    let max_addr = kernel
+    let initrd_addr_max = kernel
         .setup_header
         .map(|h| u64::from(h.initrd_addr_max))
-        .filter(|m| *m != 0)
-        .unwrap_or(0x7fff_ffff);
-    let limit = low_ram_end(mem_size).min(max_addr + 1);
-    let too_big = BootError::InitrdTooBig {
-        size,
-        kernel_end: kernel.kernel_end,
-        limit,
-    };
-    let addr = limit.checked_sub(size).ok_or(too_big)? & !(PAGE_SIZE - 1);
-    if addr < kernel.kernel_end {
-        return Err(BootError::InitrdTooBig {
-            size,
-            kernel_end: kernel.kernel_end,
-            limit,
-        });
-    }
+        .unwrap_or(0);
+    let addr =
+        initrd_address(mem_size, kernel.kernel_end, initrd_addr_max, size).map_err(|limit| {
+            BootError::InitrdTooBig {
+                size,
+                kernel_end: kernel.kernel_end,
+                limit,
+            }
+        })?;
     mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
         .map_err(|e| err(std::io::Error::other(e.to_string())))?;
     Ok((addr, size))
@@ -147,19 +139,6 @@ pub fn cmdline(s: &str) -> Result<Cmdline, BootError> {
     c.insert_str(s)
         .map_err(|e| BootError::Cmdline(e.to_string()))?;
     Ok(c)
-}
-
-/// The e820 map for `mem_size` bytes of RAM.
-pub fn e820_map(mem_size: u64) -> Vec<(u64, u64)> {
-    let mut map = vec![(0, EBDA_START)];
-    let low_end = low_ram_end(mem_size);
-    if low_end > HIMEM_START {
-        map.push((HIMEM_START, low_end - HIMEM_START));
-    }
-    if mem_size > MMIO_GAP_START {
-        map.push((MMIO_GAP_END, mem_size - MMIO_GAP_START));
-    }
-    map
 }
 
 /// Writes the command line and the zero page.
@@ -212,21 +191,6 @@ pub fn write_boot_params(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn test_e820_small_memory_two_ram_ranges() {
-        assert_eq!(
-            e820_map(64 << 20),
-            vec![(0, EBDA_START), (HIMEM_START, (64 << 20) - HIMEM_START)]
-        );
-    }
-
-    #[test]
-    fn test_e820_large_memory_skips_mmio_gap() {
-        let m = e820_map(5 << 30);
-        assert_eq!(m[1], (HIMEM_START, MMIO_GAP_START - HIMEM_START));
-        assert_eq!(m[2], (MMIO_GAP_END, (5 << 30) - MMIO_GAP_START));
-    }
 
     #[test]
     fn test_load_kernel_garbage_file_clear_error() {

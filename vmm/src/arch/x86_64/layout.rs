@@ -62,9 +62,80 @@ pub fn low_ram_end(mem_size: u64) -> u64 {
     mem_size.min(MMIO_GAP_START)
 }
 
+/// Default `initrd_addr_max` when the kernel does not say (Linux boot protocol).
+pub const DEFAULT_INITRD_ADDR_MAX: u64 = 0x7fff_ffff;
+const PAGE_SIZE: u64 = 4096;
+
+/// The e820 map for `mem_size` bytes of RAM: low RAM below the EBDA, RAM from 1 MiB up to the
+/// MMIO gap, and the rest above 4 GiB. Shared by every x86_64 loader.
+pub fn e820_map(mem_size: u64) -> Vec<(u64, u64)> {
+    let mut map = vec![(0, EBDA_START)];
+    let low_end = low_ram_end(mem_size);
+    if low_end > HIMEM_START {
+        map.push((HIMEM_START, low_end - HIMEM_START));
+    }
+    if mem_size > MMIO_GAP_START {
+        map.push((MMIO_GAP_END, mem_size - MMIO_GAP_START));
+    }
+    map
+}
+
+/// Where an initrd of `size` bytes goes: page-aligned, as high as possible in low RAM below
+/// the kernel's `initrd_addr_max` (0: the protocol default), and above the kernel's end.
+/// `Err(limit)` when it does not fit, with the highest usable address.
+pub fn initrd_address(
+    mem_size: u64,
+    kernel_end: u64,
+    initrd_addr_max: u64,
+    size: u64,
+) -> Result<u64, u64> {
+    let max_addr = if initrd_addr_max == 0 {
+        DEFAULT_INITRD_ADDR_MAX
+    } else {
+        initrd_addr_max
+    };
+    let limit = low_ram_end(mem_size).min(max_addr + 1);
+    match limit.checked_sub(size) {
+        Some(top) if top & !(PAGE_SIZE - 1) >= kernel_end => Ok(top & !(PAGE_SIZE - 1)),
+        _ => Err(limit),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_e820_small_memory_two_ram_ranges() {
+        assert_eq!(
+            e820_map(64 << 20),
+            vec![(0, EBDA_START), (HIMEM_START, (64 << 20) - HIMEM_START)]
+        );
+    }
+
+    #[test]
+    fn test_e820_large_memory_skips_mmio_gap() {
+        let m = e820_map(5 << 30);
+        assert_eq!(m[1], (HIMEM_START, MMIO_GAP_START - HIMEM_START));
+        assert_eq!(m[2], (MMIO_GAP_END, (5 << 30) - MMIO_GAP_START));
+    }
+
+    #[test]
+    fn test_initrd_address_top_of_low_ram_or_refused() {
+        assert_eq!(
+            initrd_address(64 << 20, 0x20_0000, 0, 0x1800),
+            Ok((64 << 20) - 0x2000)
+        );
+        assert_eq!(
+            initrd_address(8 << 30, 0x20_0000, 0x3fff_ffff, 4096),
+            Ok(0x3fff_f000)
+        );
+        assert_eq!(
+            initrd_address(64 << 20, 0x3f0_0001, 0, 1 << 20),
+            Err(64 << 20)
+        );
+        assert_eq!(initrd_address(64 << 20, 0, 0, u64::MAX), Err(64 << 20));
+    }
 
     #[test]
     fn test_ram_ranges_small_memory_one_range() {
