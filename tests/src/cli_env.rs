@@ -131,28 +131,14 @@ impl Drop for Env {
 }
 
 pub fn busybox_tar(dir: &Path) -> PathBuf {
-    let root = dir.join("bbroot");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::create_dir_all(root.join("www")).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for a in [
-        "sh", "cat", "wget", "httpd", "uname", "echo", "sleep", "seq",
-    ] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(a)).unwrap();
-    }
-    std::fs::write(root.join("www/index.html"), "published port works").unwrap();
-    let tar = dir.join("bb.tar");
-    let out = proc::run(
-        Command::new("tar")
-            .arg("-C")
-            .arg(&root)
-            .args(["--owner=0", "--group=0", "-cf"])
-            .arg(&tar)
-            .arg("."),
-        Duration::from_secs(30),
-    );
-    assert!(out.ok(), "{out:?}");
-    tar
+    crate::busybox_rootfs_tar(
+        dir,
+        &[
+            "sh", "cat", "wget", "httpd", "uname", "echo", "sleep", "seq",
+        ],
+        &["www"],
+        &[("www/index.html", "published port works")],
+    )
 }
 
 /// A one-response-per-connection HTTP server on host 127.0.0.1.

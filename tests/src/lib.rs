@@ -115,3 +115,36 @@ pub fn assets_or_skip() -> Option<Assets> {
         rootfs: rootfs.image,
     })
 }
+
+/// A root-filesystem tarball for `docker import`, made from Debian's busybox-static: the
+/// given busybox applets in /bin, the given empty folders, and files as (path, content).
+pub fn busybox_rootfs_tar(
+    dir: &Path,
+    applets: &[&str],
+    folders: &[&str],
+    files: &[(&str, &str)],
+) -> PathBuf {
+    let root = dir.join("bbroot");
+    for d in std::iter::once(&"bin").chain(folders) {
+        std::fs::create_dir_all(root.join(d)).expect("mkdir");
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("copy busybox");
+    for applet in applets {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("symlink");
+    }
+    for (path, content) in files {
+        std::fs::write(root.join(path), content).expect("write file");
+    }
+    let tar = dir.join("busybox.tar");
+    let out = proc::run(
+        std::process::Command::new("tar")
+            .arg("-C")
+            .arg(&root)
+            .args(["--owner=0", "--group=0", "-cf"])
+            .arg(&tar)
+            .arg("."),
+        std::time::Duration::from_secs(30),
+    );
+    assert!(out.ok(), "tar: {out:?}");
+    tar
+}

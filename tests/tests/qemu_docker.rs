@@ -5,38 +5,23 @@
 //! One boot serves all checks of the first part to keep the suite fast under TCG.
 
 use std::path::Path;
-use std::process::Command;
+
 use std::time::{Duration, Instant};
 
 use guest_agent::protocol::{Request, Response};
 use vmctl_tests::guest::Guest;
-use vmctl_tests::{assets_or_skip, have, proc, skip};
+use vmctl_tests::{assets_or_skip, have, skip};
 
 const MARKER: &str = "hello from a vmctl container";
 
 /// A busybox root tarball from Debian's busybox-static, with an httpd document root.
 fn busybox_tarball(dir: &Path) -> std::path::PathBuf {
-    let root = dir.join("bbroot");
-    for d in ["bin", "www", "tmp", "data"] {
-        std::fs::create_dir_all(root.join(d)).expect("mkdir");
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("copy busybox");
-    for applet in ["sh", "echo", "cat", "httpd", "ls", "sleep", "uname"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("symlink");
-    }
-    std::fs::write(root.join("www/index.html"), MARKER).expect("write index");
-    let tar = dir.join("busybox.tar");
-    let out = proc::run(
-        Command::new("tar")
-            .arg("-C")
-            .arg(&root)
-            .args(["--owner=0", "--group=0", "-cf"])
-            .arg(&tar)
-            .arg("."),
-        Duration::from_secs(30),
-    );
-    assert!(out.ok(), "tar: {out:?}");
-    tar
+    vmctl_tests::busybox_rootfs_tar(
+        dir,
+        &["sh", "echo", "cat", "httpd", "ls", "sleep", "uname"],
+        &["www", "tmp", "data"],
+        &[("www/index.html", MARKER)],
+    )
 }
 
 #[test]
