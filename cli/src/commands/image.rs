@@ -25,7 +25,9 @@ pub struct BuildArgs {
     agent: Option<PathBuf>,
 }
 
-fn agent_path(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+/// The guest agent to build the root image with: `--agent`, else `$VMCTL_AGENT`, else the
+/// musl build next to this executable.
+pub(super) fn agent_path(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(p) = arg.or_else(|| std::env::var_os("VMCTL_AGENT").map(PathBuf::from)) {
         return Ok(p);
     }

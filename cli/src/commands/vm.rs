@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Args;
 use vmctl::config::{ConfigFile, EngineChoice, Mount};
-use vmctl::image::{self, kernel, rootfs};
+use vmctl::image::{kernel, rootfs};
 use vmctl::instance::{self, Instance};
 use vmctl::supervisor::{self, control, Assets};
 
@@ -37,16 +37,6 @@ pub struct StartArgs {
     /// The static guest agent to put in the root image (default: the musl build).
     #[arg(long)]
     agent: Option<PathBuf>,
-}
-
-fn agent_path(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = arg.or_else(|| std::env::var_os("VMCTL_AGENT").map(PathBuf::from)) {
-        return Ok(p);
-    }
-    image::default_agent_path().context(
-        "no guest agent binary found; build it with \
-         `cargo build --release -p guest-agent --target x86_64-unknown-linux-musl` or pass --agent PATH",
-    )
 }
 
 fn step(n: u32, total: u32, msg: &str) {
@@ -122,7 +112,7 @@ pub fn start(name: &NameArg, a: StartArgs) -> anyhow::Result<()> {
     let progress = |msg: &str| eprintln!("      {msg}");
     let k = kernel::ensure(&progress)?;
     step(2, total, "root image");
-    let r = rootfs::ensure(&agent_path(a.agent)?, &progress)?;
+    let r = rootfs::ensure(&super::image::agent_path(a.agent)?, &progress)?;
     let assets = Assets {
         kernel: k.bzimage,
         rootfs: r.image,
