@@ -216,6 +216,8 @@ pub fn stop(name: &NameArg, a: StopArgs) -> anyhow::Result<()> {
             // SAFETY: as above.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
             std::thread::sleep(Duration::from_millis(200));
+            // Its QEMU and backends would outlive it: stop them too.
+            instance::kill_leftovers(&inst);
             inst.clean_stale();
             eprintln!("vmctl: the supervisor did not stop in time and was killed");
             break;
