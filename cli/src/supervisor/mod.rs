@@ -223,10 +223,19 @@ fn start_vm(
 }
 
 /// Waits until the agent says dockerd answers, updating the progress message.
-fn wait_ready(inst: &Instance, vm: &mut QemuVm, state: &Arc<Mutex<State>>) -> anyhow::Result<()> {
+/// Gives up early when a stop is requested (`stop` holds `Some(force)` then).
+fn wait_ready(
+    inst: &Instance,
+    vm: &mut QemuVm,
+    state: &Arc<Mutex<State>>,
+    stop: &watch::Receiver<Option<bool>>,
+) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut last = String::new();
     while start.elapsed() < READY_TIMEOUT {
+        if stop.borrow().is_some() {
+            bail!("stopped while booting");
+        }
         if let Some(status) = vm.try_exit() {
             bail!(
                 "the VM exited during boot ({status}); see {}",
@@ -367,7 +376,7 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    if let Err(e) = wait_ready(inst, &mut running.qemu, &state) {
+    if let Err(e) = wait_ready(inst, &mut running.qemu, &state, &stop_rx) {
         fail(&state, &e);
         running.qemu.kill();
         std::thread::sleep(Duration::from_millis(300));
@@ -425,7 +434,7 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
             }
             drop(running);
             let restarted = start_vm(inst, &cfg, &assets, &state).and_then(|mut r| {
-                wait_ready(inst, &mut r.qemu, &state)?;
+                wait_ready(inst, &mut r.qemu, &state, &stop_rx)?;
                 Ok(r)
             });
             match restarted {
