@@ -18,13 +18,6 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::arch::x86_64::layout::*;
 
-const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
-const KERNEL_HDR_MAGIC: u32 = 0x5372_6448;
-const KERNEL_LOADER_OTHER: u8 = 0xff;
-const KERNEL_MIN_ALIGNMENT_BYTES: u32 = 0x100_0000;
-const E820_RAM: u32 = 1;
-const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
-
 /// Zero page layout (Linux arch/x86/include/uapi/asm/bootparam.h).
 pub const BOOT_PARAMS_SIZE: usize = 4096;
 const E820_ENTRIES_OFF: usize = 0x1e8;

@@ -11,14 +11,6 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::layout::*;
 
-const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
-const KERNEL_HDR_MAGIC: u32 = 0x5372_6448;
-const KERNEL_LOADER_OTHER: u8 = 0xff;
-const KERNEL_MIN_ALIGNMENT_BYTES: u32 = 0x100_0000;
-const E820_RAM: u32 = 1;
-/// 64-bit bzImages are entered this far past their load address (`startup_64`).
-const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
-
 /// Errors loading the kernel, initrd and boot parameters.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {

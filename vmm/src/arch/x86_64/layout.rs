@@ -62,6 +62,15 @@ pub fn low_ram_end(mem_size: u64) -> u64 {
     mem_size.min(MMIO_GAP_START)
 }
 
+/// Linux x86 boot protocol values every loader writes or checks.
+pub const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
+pub const KERNEL_HDR_MAGIC: u32 = 0x5372_6448;
+pub const KERNEL_LOADER_OTHER: u8 = 0xff;
+pub const KERNEL_MIN_ALIGNMENT_BYTES: u32 = 0x100_0000;
+pub const E820_RAM: u32 = 1;
+/// 64-bit bzImages are entered this far past their load address (`startup_64`).
+pub const BZIMAGE_64BIT_ENTRY_OFFSET: u64 = 0x200;
+
 /// Default `initrd_addr_max` when the kernel does not say (Linux boot protocol).
 pub const DEFAULT_INITRD_ADDR_MAX: u64 = 0x7fff_ffff;
 const PAGE_SIZE: u64 = 4096;
