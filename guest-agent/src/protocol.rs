@@ -11,8 +11,14 @@
 //! each answered by one response.
 //!
 //! Exec session: host sends `Exec`; agent answers `Started {pid}`, then streams `Stdout`
-//! / `Stderr`; the host may send `Stdin`, `CloseStdin` and `Signal`; the agent ends with
-//! `Exited` and closes the connection.
+//! / `Stderr`; the host may send `Stdin`, `CloseStdin`, `Signal` and (with a terminal)
+//! `Resize`; the agent ends with `Exited` and closes the connection. With
+//! [`ExecRequest::tty`] the command runs on a pseudo-terminal in the guest: its output
+//! (stdout and stderr merged, as on any terminal) comes as `Stdout`.
+//!
+//! Byte streams: after `Forward` (TCP), `ForwardUdp` (datagrams, each framed as a big-endian
+//! `u16` length and the payload) and `ServeFs` (raw FUSE messages, self-delimited by the
+//! `len` field of their headers) are answered `Ok`, the connection stops carrying frames.
 //!
 //! Both sides treat the peer's bytes as untrusted: frames are bounded, malformed lines
 //! give a typed error instead of a panic (see `fuzz_decode`).
@@ -91,7 +97,20 @@ pub struct ExecRequest {
     pub env: Vec<(String, String)>,
     #[serde(default)]
     pub cwd: Option<String>,
+    /// Run on a pseudo-terminal of this size (`vmctl shell`, `vmctl exec -t`).
+    #[serde(default)]
+    pub tty: Option<TtySize>,
 }
+
+/// A terminal's size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtySize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// Largest datagram `ForwardUdp` carries (the IPv4 UDP payload limit).
+pub const MAX_DATAGRAM: usize = 65507;
 
 /// Host → guest messages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +145,24 @@ pub enum Request {
     Forward {
         port: u16,
     },
+    /// Like `Forward` for UDP: the agent answers `Ok` and then relays datagrams between this
+    /// connection and a socket connected to the guest's `127.0.0.1:port`. Each datagram on the
+    /// connection is a big-endian `u16` length followed by that many bytes (at most
+    /// [`MAX_DATAGRAM`]). The relay ends when the host closes the connection.
+    ForwardUdp {
+        port: u16,
+    },
+    /// The terminal of a `tty` exec session changed size.
+    Resize(TtySize),
+    /// Serve the guest directory `path` over this connection as a FUSE filesystem
+    /// (`vmctl mount`): after `Ok`, the host writes raw FUSE requests read from its
+    /// `/dev/fuse` and the agent writes the raw replies; both are self-delimited by the
+    /// `len` field of their headers.
+    ServeFs {
+        path: String,
+        #[serde(default)]
+        read_only: bool,
+    },
 }
 
 /// One boot phase and when it ended, in milliseconds since the guest kernel started.
@@ -150,9 +187,19 @@ pub struct Health {
 pub enum Proto {
     Tcp,
     Tcp6,
+    Udp,
+    Udp6,
 }
 
-/// A guest socket started (`listening: true`) or stopped listening.
+impl Proto {
+    /// Whether this is a datagram (UDP) socket.
+    pub fn is_udp(self) -> bool {
+        matches!(self, Proto::Udp | Proto::Udp6)
+    }
+}
+
+/// A guest socket started (`listening: true`) or stopped listening. For UDP, listening
+/// means bound to a local port and not connected to a peer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortEvent {
     pub proto: Proto,
@@ -303,7 +350,17 @@ mod tests {
             argv: vec!["sh".into(), "-c".into(), "echo hi".into()],
             env: vec![("A".into(), "b".into())],
             cwd: Some("/".into()),
+            tty: Some(TtySize { rows: 24, cols: 80 }),
         }));
+        roundtrip(Request::ForwardUdp { port: 53 });
+        roundtrip(Request::Resize(TtySize {
+            rows: 50,
+            cols: 132,
+        }));
+        roundtrip(Request::ServeFs {
+            path: "/".into(),
+            read_only: true,
+        });
         roundtrip(Request::Stdin {
             data: Bytes(vec![0, 1, 255, b'\n']),
         });

@@ -26,6 +26,7 @@ fn seeds() -> Vec<Vec<u8>> {
             argv: vec!["sh".into(), "-c".into(), "id".into()],
             env: vec![("A".into(), "B".into())],
             cwd: Some("/".into()),
+            tty: None,
         }),
         Request::Stdin {
             data: Bytes(vec![0, 1, 2, 255]),

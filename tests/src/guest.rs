@@ -226,6 +226,7 @@ impl Control {
             argv: argv.iter().map(|s| s.to_string()).collect(),
             env: vec![],
             cwd: None,
+            tty: None,
         };
         match self.call(&Request::Exec(req)) {
             Response::Started { .. } => {}

@@ -67,6 +67,7 @@ fn exec(sock: &Path, argv: &[&str], stdin: Option<&[u8]>) -> (Vec<u8>, Vec<u8>, 
         argv: argv.iter().map(|s| s.to_string()).collect(),
         env: vec![("V".into(), "x".into())],
         cwd: Some("/".into()),
+        tty: None,
     };
     protocol::write_frame(&mut w, &Request::Exec(req)).expect("send");
     match r.expect::<Response>().expect("started") {
@@ -161,6 +162,7 @@ fn test_agent_control_protocol_over_unix_socket() {
         argv: vec!["sleep".into(), "30".into()],
         env: vec![],
         cwd: None,
+        tty: None,
     };
     protocol::write_frame(&mut w, &Request::Exec(req)).expect("send");
     assert!(matches!(

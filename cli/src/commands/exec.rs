@@ -22,6 +22,7 @@ pub fn exec_in_guest(inst: &Instance, argv: Vec<String>) -> anyhow::Result<i32> 
         argv,
         env: vec![("TERM".into(), "dumb".into())],
         cwd: None,
+        tty: None,
     };
     let stdin: Box<dyn std::io::Read + Send> = Box::new(std::io::stdin());
     let code = agent.exec(

@@ -47,7 +47,7 @@ pub async fn run(vsock_uds: PathBuf, state: Arc<Mutex<State>>) {
         let mut open: BTreeMap<(Proto, u16), JoinHandle<()>> = BTreeMap::new();
         let mut wanted: BTreeMap<u16, usize> = BTreeMap::new();
         while let Some(ev) = rx.recv().await {
-            if !is_wildcard(&ev.addr) {
+            if !is_wildcard(&ev.addr) || ev.proto.is_udp() {
                 continue;
             }
             let key = (ev.proto, ev.port);
