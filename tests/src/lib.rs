@@ -61,6 +61,39 @@ pub fn build_agent() -> Result<PathBuf, String> {
     Ok(target_dir.join("x86_64-unknown-linux-musl/release/guest-agent"))
 }
 
+/// Compile a one-file test program from `tests/programs/<name>.rs` into a static (musl)
+/// executable in `dir`, for copying into a guest or a container image.
+pub fn build_static_program(name: &str, dir: &Path) -> Result<PathBuf, String> {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let src = workspace_root()
+        .join("tests/programs")
+        .join(format!("{name}.rs"));
+    let exe = dir.join(name.replace('_', "-"));
+    let out = std::process::Command::new(rustc)
+        .args([
+            "--edition",
+            "2021",
+            "-O",
+            "-C",
+            "strip=symbols",
+            "--target",
+            "x86_64-unknown-linux-musl",
+        ])
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .output()
+        .map_err(|e| format!("cannot run rustc: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "building {} failed:\n{}",
+            src.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(exe)
+}
+
 /// The VM assets, built by the project's own code or taken from the cache.
 #[derive(Debug, Clone)]
 pub struct Assets {

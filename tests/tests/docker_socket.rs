@@ -166,6 +166,49 @@ fn test_docker_socket_cli_scenarios_through_vsock() {
         t.elapsed().as_secs_f64() * 1000.0
     );
 
+    // A published UDP port: a static echo server in a container, two host clients that each
+    // get their own answers, and the host socket gone once the container is.
+    let udp_dir = dir.path().join("udp");
+    std::fs::create_dir_all(&udp_dir).unwrap();
+    vmctl_tests::build_static_program("udp_echo", &udp_dir).unwrap();
+    std::fs::write(
+        udp_dir.join("Dockerfile"),
+        "FROM sock-bb\nCOPY udp-echo /udp-echo\n",
+    )
+    .unwrap();
+    env.docker_ok(&["build", "-t", "sock-udp", &udp_dir.display().to_string()]);
+    let uport = free_port();
+    let udp_id = env.docker_ok(&[
+        "run",
+        "-d",
+        "-p",
+        &format!("{uport}:7/udp"),
+        "sock-udp",
+        "/udp-echo",
+        "7",
+    ]);
+    let t = Instant::now();
+    let a = udp_ask(uport, b"from-a", Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("udp port {uport}: {e}\n{}", env.log_tail()));
+    assert_eq!(a, b"echo:from-a");
+    eprintln!(
+        "published udp port answered after {:.0} ms",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    let b = udp_ask(uport, b"from-b", Duration::from_secs(2)).unwrap();
+    assert_eq!(b, b"echo:from-b");
+    let status = env.vmctl_ok(&["status", "--json"], STEP);
+    assert!(status.contains("\"udp\""), "{status}");
+    env.docker_ok(&["rm", "-f", udp_id.trim()]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::UdpSocket::bind(("127.0.0.1", uport)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "host udp port {uport} still held 5 s after the container went"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // 200 concurrent API calls through the socket, and a few real CLI calls beside them.
     let handles: Vec<_> = (0..200)
         .map(|_| {
@@ -255,6 +298,24 @@ fn test_docker_socket_cli_scenarios_through_vsock() {
 }
 
 /// Waits for a child, killing it after `timeout`; returns (exit code, stdout, stderr).
+/// Sends `msg` from a fresh client socket to host 127.0.0.1:`port` every 200 ms until a
+/// datagram comes back or `within` passes.
+fn udp_ask(port: u16, msg: &[u8], within: Duration) -> Result<Vec<u8>, String> {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 2048];
+    while Instant::now() < deadline {
+        // Refused sends (the host port is not open yet) are retried like lost datagrams.
+        let _ = sock.send_to(msg, ("127.0.0.1", port));
+        if let Ok(n) = sock.recv(&mut buf) {
+            return Ok(buf[..n].to_vec());
+        }
+    }
+    Err(format!("no answer within {within:?}"))
+}
+
 fn wait_with_timeout(
     mut child: std::process::Child,
     timeout: Duration,

@@ -6,6 +6,7 @@ pub mod backends;
 pub mod control;
 pub mod docker_proxy;
 pub mod ports;
+pub mod udp_ports;
 pub mod vsock;
 
 use std::path::{Path, PathBuf};

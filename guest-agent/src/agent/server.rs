@@ -14,7 +14,7 @@ use guest_agent::protocol::{
 use super::bridge::Duplex;
 use super::log::{self, info};
 use super::vsock::VsockListener;
-use super::{exec, mounts, ports, services, shutdown, sys};
+use super::{exec, mounts, ports, services, shutdown, sys, udp_relay};
 
 static PID1: AtomicBool = AtomicBool::new(false);
 static DEBUG: AtomicBool = AtomicBool::new(false);
@@ -151,6 +151,7 @@ fn session<S: Duplex>(mut conn: S) -> Result<(), ProtocolError> {
             }
             Request::WatchPorts => return watch_ports(reader, conn),
             Request::Forward { port } => return forward(reader, conn, port),
+            Request::ForwardUdp { port } => return udp_relay::relay(reader, conn, port),
             Request::Shutdown { reboot } => {
                 write_frame(&mut conn, &Response::Ok)?;
                 if pid1 {
