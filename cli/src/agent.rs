@@ -121,7 +121,8 @@ impl Agent {
     }
 
     /// Runs a command, streaming its output to `stdout`/`stderr` and `stdin` to it;
-    /// returns its exit code (128 + signal when killed).
+    /// returns its exit code (128 + signal when killed). With `req.tty` the host terminal's
+    /// size changes (fd 0) are passed on.
     pub fn exec(
         mut self,
         req: ExecRequest,
@@ -129,12 +130,40 @@ impl Agent {
         stdout: &mut dyn Write,
         stderr: &mut dyn Write,
     ) -> Result<i32, AgentError> {
+        let req_tty = req.tty.is_some();
         protocol::write_frame(&mut self.writer, &Request::Exec(req))?;
         let _ = self.reader.get_ref().set_read_timeout(None);
         match self.reader.expect::<Response>()? {
             Response::Started { .. } => {}
             Response::Error { message } => return Err(AgentError::Remote(message)),
             other => return Err(ProtocolError::Unexpected(format!("{other:?}")).into()),
+        }
+        if req_tty {
+            // The terminal's size follows the host's. Polled rather than caught as SIGWINCH:
+            // no process-wide signal handler for one CLI call, and a 250 ms lag on a resize is
+            // not noticeable.
+            let mut w = self
+                .writer
+                .try_clone()
+                .map_err(|source| AgentError::Socket {
+                    path: "vsock".into(),
+                    source,
+                })?;
+            std::thread::spawn(move || {
+                let mut last = crate::terminal::size(0);
+                loop {
+                    std::thread::sleep(Duration::from_millis(250));
+                    let now = crate::terminal::size(0);
+                    if now != last {
+                        if let Some(size) = now {
+                            if protocol::write_frame(&mut w, &Request::Resize(size)).is_err() {
+                                return;
+                            }
+                        }
+                        last = now;
+                    }
+                }
+            });
         }
         if let Some(mut input) = stdin {
             let mut w = self

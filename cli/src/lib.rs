@@ -16,3 +16,5 @@ pub mod image;
 pub mod instance;
 #[cfg(unix)]
 pub mod supervisor;
+#[cfg(unix)]
+pub mod terminal;

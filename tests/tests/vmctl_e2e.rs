@@ -110,6 +110,50 @@ fn test_vmctl_start_docker_run_stop_restart_recover_delete() {
     let uname = env.vmctl_ok(&["exec", "--", "uname", "-a"], STEP);
     assert!(uname.starts_with("Linux "), "{uname}");
 
+    // `vmctl shell` from a terminal (script(1) provides one): a pseudo-terminal in the guest,
+    // what is typed runs there, and the shell's exit code comes back.
+    if have("script") {
+        let line = format!(
+            "{} --name {} shell",
+            env.bin.join("vmctl").display(),
+            env.name
+        );
+        let mut child = std::process::Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .env("VMCTL_HOME", env.home.path().join("instances"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        let mut input = child.stdin.take().unwrap();
+        std::io::Write::write_all(&mut input, b"tty; echo sum-$((2+3)); exit 4\r").unwrap();
+        let mut out = String::new();
+        let mut stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let _ = std::io::Read::read_to_string(&mut stdout, &mut out);
+            out
+        });
+        let deadline = Instant::now() + STEP;
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("vmctl shell did not end");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        drop(input);
+        let out = reader.join().unwrap();
+        assert!(out.contains("/dev/pts/"), "guest terminal: {out:?}");
+        assert!(out.contains("sum-5"), "{out:?}");
+        assert_eq!(status.code(), Some(4), "{out:?}");
+    } else {
+        skip("script(1) is not installed: vmctl shell on a terminal not tested");
+    }
+
     env.docker_ok(&["volume", "create", "e2e-vol"]);
     env.docker_ok(&[
         "run",

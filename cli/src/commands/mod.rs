@@ -31,10 +31,13 @@ enum Command {
     Status(vm::StatusArgs),
     /// List instances.
     List,
-    /// Open a shell in the VM.
+    /// Open a shell in the VM (on a terminal in the guest when run from one).
     Shell,
-    /// Run a command in the VM: `vmctl exec -- CMD [ARGS...]`.
+    /// Run a command in the VM: `vmctl exec [-t] -- CMD [ARGS...]`.
     Exec {
+        /// Run on a pseudo-terminal in the guest (interactive programs, line editing).
+        #[arg(short = 't', long = "tty")]
+        tty: bool,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         cmd: Vec<String>,
     },
@@ -66,7 +69,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(a) => vm::status(&cli.name, a),
         Command::List => vm::list(),
         Command::Shell => exec::shell(&cli.name),
-        Command::Exec { cmd } => exec::exec(&cli.name, cmd),
+        Command::Exec { tty, cmd } => exec::exec(&cli.name, tty, cmd),
         Command::Logs(a) => vm::logs(&cli.name, a),
         Command::Delete => vm::delete(&cli.name),
         Command::Config(c) => config::run(&cli.name, c),

@@ -331,8 +331,11 @@ pub fn logs(name: &NameArg, a: LogsArgs) -> anyhow::Result<()> {
     use std::io::{Read, Seek, Write};
     let inst = Instance::new(&name.name)?;
     if a.docker {
-        let code =
-            super::exec::exec_in_guest(&inst, vec!["cat".into(), "/var/log/dockerd.log".into()])?;
+        let code = super::exec::exec_in_guest(
+            &inst,
+            vec!["cat".into(), "/var/log/dockerd.log".into()],
+            false,
+        )?;
         std::process::exit(code);
     }
     let path = if a.kernel || a.agent {
