@@ -16,6 +16,14 @@ pub enum InstanceError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "Not enough disk space: {free_mib} MiB free on the filesystem of {path}, the VM needs at least {need_mib} MiB to run; free some space (old builds in ~/.cache/vmctl can go, unused instances with `vmctl delete`)"
+    )]
+    DiskFull {
+        path: String,
+        free_mib: u64,
+        need_mib: u64,
+    },
     #[error("State file {path} is corrupt: {source}; run `vmctl delete` to start over")]
     State {
         path: String,
@@ -77,6 +85,24 @@ pub struct PortState {
     pub status: String,
 }
 
+/// Free space `vmctl start` wants on the instance's filesystem.
+pub const MIN_FREE_MIB: u64 = 1024;
+
+/// Bytes available to unprivileged users on the filesystem holding `path`.
+pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: statvfs is plain data that the call overwrites.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a pointer to a live statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
 /// A named instance's directory layout.
 #[derive(Debug, Clone)]
 pub struct Instance {
@@ -98,6 +124,21 @@ impl Instance {
     pub fn create_dirs(&self) -> Result<(), InstanceError> {
         for d in [self.dir.clone(), self.logs_dir()] {
             std::fs::create_dir_all(&d).map_err(io_err(&d))?;
+        }
+        Ok(())
+    }
+
+    /// Fails with [`InstanceError::DiskFull`] when the instance's filesystem has less than
+    /// [`MIN_FREE_MIB`] free: the data disk is sparse and grows as the guest writes, and a VM
+    /// that hits a full host disk stops (QEMU pauses it on ENOSPC), so say so before starting.
+    pub fn check_free_space(&self) -> Result<(), InstanceError> {
+        let free = free_bytes(&self.dir).map_err(io_err(&self.dir))?;
+        if free < MIN_FREE_MIB << 20 {
+            return Err(InstanceError::DiskFull {
+                path: self.dir.display().to_string(),
+                free_mib: free >> 20,
+                need_mib: MIN_FREE_MIB,
+            });
         }
         Ok(())
     }

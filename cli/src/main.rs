@@ -12,6 +12,17 @@ fn main() {
         for cause in e.chain().skip(1) {
             eprintln!("  caused by: {cause}");
         }
+        let disk_full = e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::raw_os_error)
+                == Some(libc::ENOSPC)
+        });
+        if disk_full {
+            eprintln!(
+                "vmctl: the disk is full: free some space (old builds in ~/.cache/vmctl can go, \
+                 unused instances with `vmctl delete`) and try again"
+            );
+        }
         std::process::exit(1);
     }
 }

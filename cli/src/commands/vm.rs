@@ -67,6 +67,7 @@ pub fn start(name: &NameArg, a: StartArgs) -> anyhow::Result<()> {
             inst.running_supervisor()
         );
     }
+    inst.check_free_space()?;
     let leftovers = instance::kill_leftovers(&inst);
     let cleaned = inst.clean_stale();
     if !cleaned.is_empty() || !leftovers.is_empty() {
