@@ -6,10 +6,13 @@
 //! - [`supervisor`]: the per-instance process that owns the VM, its device backends, the
 //!   forwarded Docker socket, port forwards and the control API.
 //! - [`agent`]: the host side of the guest agent's control protocol.
+//! - `fuse_mount` (Linux): the host side of `vmctl mount`, a FUSE mount served over a stream.
 
 #[cfg(unix)]
 pub mod agent;
 pub mod config;
+#[cfg(target_os = "linux")]
+pub mod fuse_mount;
 #[cfg(unix)]
 pub mod image;
 #[cfg(unix)]

@@ -13,7 +13,8 @@ use std::time::Duration;
 /// - `Always`: names/attributes trusted for a day, file data and directory listings kept
 ///   across opens (`FOPEN_KEEP_CACHE`, `FOPEN_CACHE_DIR`). Fastest; only correct when the
 ///   guest is the only writer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum CachePolicy {
     None,
     #[default]
@@ -40,7 +41,8 @@ impl CachePolicy {
 ///   unprivileged.
 /// - `Identity`: guest uids/gids are host uids/gids (created files get the caller's uid/gid,
 ///   `chown` is applied). Needs a root server; what POSIX test suites expect.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum OwnerMap {
     #[default]
     ShareOwner,

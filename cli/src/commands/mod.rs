@@ -4,6 +4,7 @@ mod config;
 mod context;
 mod exec;
 mod image;
+mod mount;
 mod vm;
 
 use clap::{Parser, Subcommand};
@@ -43,6 +44,8 @@ enum Command {
     },
     /// Print logs: the supervisor's (default), the guest console, the agent's or dockerd's.
     Logs(vm::LogsArgs),
+    /// Show the VM's files at a host directory (FUSE) until Ctrl-C or unmount.
+    Mount(mount::MountArgs),
     /// Stop the VM and remove every trace of the instance (disks, logs, docker context).
     Delete,
     /// Read or change the instance configuration.
@@ -71,6 +74,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Shell => exec::shell(&cli.name),
         Command::Exec { tty, cmd } => exec::exec(&cli.name, tty, cmd),
         Command::Logs(a) => vm::logs(&cli.name, a),
+        Command::Mount(a) => mount::run(&cli.name, a),
         Command::Delete => vm::delete(&cli.name),
         Command::Config(c) => config::run(&cli.name, c),
         Command::DockerContext(a) => context::run(&cli.name, a),

@@ -4,6 +4,7 @@ pub mod boot;
 pub mod bridge;
 pub mod cmdline;
 pub mod exec;
+pub mod fs_server;
 pub mod log;
 pub mod mounts;
 pub mod net;

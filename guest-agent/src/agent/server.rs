@@ -151,6 +151,9 @@ fn session<S: Duplex>(mut conn: S) -> Result<(), ProtocolError> {
             }
             Request::WatchPorts => return watch_ports(reader, conn),
             Request::Forward { port } => return forward(reader, conn, port),
+            Request::ServeFs { path, read_only } => {
+                return super::fs_server::serve(reader, conn, &path, read_only);
+            }
             Request::ForwardUdp { port } => return udp_relay::relay(reader, conn, port),
             Request::Shutdown { reboot } => {
                 write_frame(&mut conn, &Response::Ok)?;
