@@ -3,6 +3,7 @@
 
 pub mod kernel;
 pub mod mirror;
+pub mod prune;
 pub mod rootfs;
 
 use std::io::{BufRead, BufReader};

@@ -120,6 +120,7 @@ pub fn ensure(agent: &Path, progress: Progress<'_>) -> Result<Rootfs, ImageError
     let out_dir = root.join(&hash);
     let image = out_dir.join("rootfs.squashfs");
     if let Ok(m) = std::fs::metadata(&image) {
+        super::prune::touch(&out_dir);
         progress(&format!("[rootfs] cached: {}", image.display()));
         return Ok(Rootfs {
             image,
@@ -163,6 +164,15 @@ pub fn ensure(agent: &Path, progress: Progress<'_>) -> Result<Rootfs, ImageError
         image.display(),
         size as f64 / 1e6
     ));
+    let (removed, freed) = super::prune::prune(&root, super::prune::KEEP, super::prune::MAX_AGE);
+    if !removed.is_empty() {
+        progress(&format!(
+            "[rootfs] removed {} old image(s) not used for {} days ({:.0} MB)",
+            removed.len(),
+            super::prune::MAX_AGE.as_secs() / 86400,
+            freed as f64 / 1e6
+        ));
+    }
     Ok(Rootfs { image, size, hash })
 }
 
