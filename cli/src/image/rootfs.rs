@@ -110,6 +110,19 @@ pub fn input_hash(mirror: &str, agent_sha256: &str, epoch: u64) -> String {
 
 /// Build the root image or reuse the cached one.
 pub fn ensure(agent: &Path, progress: Progress<'_>) -> Result<Rootfs, ImageError> {
+    // The image gets the agent stripped, and so does the hash: the debug info names the
+    // checkout directory, which must not make each clone of the project rebuild the image.
+    let strip_dir = tempfile::tempdir().map_err(io_err("create a temporary directory"))?;
+    let stripped = strip_dir.path().join("guest-agent");
+    let agent = match Command::new("strip")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(agent)
+        .status()
+    {
+        Ok(s) if s.success() => stripped.as_path(),
+        _ => agent,
+    };
     let agent_bytes =
         std::fs::read(agent).map_err(io_err(format!("read guest agent {}", agent.display())))?;
     let mirror = mirror::host_mirror();
