@@ -161,3 +161,10 @@ fn reply_sink() -> io::Result<File> {
     // SAFETY: `fd` was just created above and is owned by nothing else.
     Ok(unsafe { File::from_raw_fd(fd) })
 }
+
+/// Fuzz entry (`fuzz/fuzz_targets/fuse_stream.rs` and `tests/stream.rs`): `data` as the whole
+/// byte stream the host sends, served to `fs`; replies are discarded. Must return (never
+/// panic, never hang) whatever the bytes are.
+pub fn fuzz_session(fs: &Arc<PassthroughFs>, data: &[u8]) -> Result<(), StreamError> {
+    serve(fs.clone(), data, io::sink())
+}
