@@ -36,14 +36,16 @@ const POLL_MS: i32 = 200;
 /// Errors setting up or running a mount.
 #[derive(Debug, thiserror::Error)]
 pub enum FuseMountError {
-    #[error("Mount point {0} does not exist")]
+    #[error("Mount point {0} does not exist: create it first (`mkdir -p`)")]
     NoMountPoint(PathBuf),
-    #[error("Mount point {0} is not a directory")]
+    #[error("Mount point {0} is not a directory: give an (empty) directory")]
     NotADirectory(PathBuf),
     #[error("/dev/fuse is missing: load the fuse module (`modprobe fuse`), or give the container the device (`--device /dev/fuse`)")]
     NoFuseDevice,
     #[error("fusermount3 is needed to mount without root: install the fuse3 package")]
     NoFusermount,
+    #[error("/dev/fuse is not readable and writable by this user: run as root, or make it mode 0666 as most distributions do (`chmod 0666 /dev/fuse`)")]
+    FuseDeviceDenied,
     #[error("Cannot mount FUSE at {0}: {1}")]
     Mount(PathBuf, String),
     #[error("Cannot start a mount thread")]
@@ -101,8 +103,15 @@ pub fn check_prerequisites(mountpoint: &Path) -> Result<(), FuseMountError> {
     }
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    if !root && !on_path("fusermount3") {
-        return Err(FuseMountError::NoFusermount);
+    if !root {
+        // fuse-backend-rs opens /dev/fuse itself and only lets fusermount3 do the mount.
+        // SAFETY: the path is a valid NUL-terminated string; access only reads it.
+        if unsafe { libc::access(c"/dev/fuse".as_ptr(), libc::R_OK | libc::W_OK) } != 0 {
+            return Err(FuseMountError::FuseDeviceDenied);
+        }
+        if !on_path("fusermount3") {
+            return Err(FuseMountError::NoFusermount);
+        }
     }
     Ok(())
 }

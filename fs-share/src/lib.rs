@@ -4,7 +4,13 @@
 //! a vhost-user-fs backend (`fs-share serve`, for QEMU's `vhost-user-fs-pci` and the builtin
 //! VMM) and mountable on the host through `/dev/fuse` (`fs-share mount`, for tests and for
 //! exposing a VM's files on the host). Both transports drive the same `Server` and the same
-//! filesystem.
+//! filesystem, and so does `transport::stream` (raw FUSE messages over a byte stream), which
+//! the guest agent uses to serve guest folders to `vmctl mount`.
+//!
+//! Cargo features: `vhost-user` (default: the vhost-user-fs backend and its virtio stack) and
+//! `cli` (default: the `fs-share` binary's clap front end). Without them the library is the
+//! passthrough, the FUSE server and the `/dev/fuse` and stream transports: what the static
+//! guest agent links.
 //!
 //! # What is reused and what is written here (and why)
 //!

@@ -203,6 +203,9 @@ fn test_vmctl_mount_guest_files_both_ways_sigterm_read_only_vm_stop() {
     assert!(!is_mounted(&mp), "SIGTERM must unmount");
     let status = env.vmctl_ok(&["status", "--json"], STEP);
     assert!(status.contains("\"running\": true"), "{status}");
+    // The server's umask 0 stayed on its own thread: commands still get the agent's umask.
+    let umask = env.vmctl_ok(&["exec", "--", "sh", "-c", "umask"], STEP);
+    assert_eq!(umask.trim(), "0022");
 
     // Read-only mount of one guest directory, then the VM stops under it.
     let mut m = MountChild::spawn(&env, &mp, &["--guest-path", "/tmp", "--read-only"]);
