@@ -73,7 +73,7 @@ impl Session {
         host.set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
         let input = guest.try_clone().unwrap();
-        let server = std::thread::spawn(move || stream::serve(fs, input, guest));
+        let server = std::thread::spawn(move || stream::serve(fs, input, guest, stream::WORKERS));
         let mut s = Session {
             _dir: dir,
             share,

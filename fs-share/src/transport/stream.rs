@@ -21,7 +21,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use fuse_backend_rs::abi::fuse_abi::{InHeader, OutHeader};
 use fuse_backend_rs::api::server::Server;
@@ -105,49 +105,132 @@ pub fn read_message<R: Read + ?Sized>(
     Ok(Some(len))
 }
 
+/// Worker threads of [`serve`]: requests that block (a slow disk, a big read) do not hold
+/// up the others, and the kernel's parallel readahead is served in parallel.
+pub const WORKERS: usize = 4;
+
 /// Serves `fs` over a stream: reads requests from `input` until it ends, writes each reply
-/// whole to `output`. Requests are handled one at a time, in order. Returns `Ok` when the
-/// peer closes the stream between messages, an error for anything else.
-pub fn serve<R: Read, W: Write>(
+/// whole to `output`. With `workers > 1` requests are handled concurrently and replies are
+/// written as they are ready, in any order (FUSE matches them by `unique`), each under a lock;
+/// at most `workers` more requests wait in memory. Returns `Ok` when the peer closes the
+/// stream between messages, an error for anything else.
+pub fn serve<R: Read, W: Write + Send>(
     fs: Arc<PassthroughFs>,
     mut input: R,
-    mut output: W,
+    output: W,
+    workers: usize,
 ) -> Result<(), StreamError> {
     let server = Server::new(fs);
     let max = max_message();
-    let mut sink = reply_sink().map_err(StreamError::Sink)?;
-    let mut request = Vec::with_capacity(max);
-    let mut scratch = vec![0u8; max];
-    let mut reply = Vec::with_capacity(max);
-    while let Some(len) = read_message(&mut input, &mut request, IN_HEADER_LEN, max)? {
-        let Some(req) = request.get_mut(..len) else {
-            return Err(StreamError::Truncated);
+    if workers <= 1 {
+        let mut output = output;
+        let mut handler = Handler::new(&server, max)?;
+        let mut request = Vec::with_capacity(max);
+        while let Some(len) = read_message(&mut input, &mut request, IN_HEADER_LEN, max)? {
+            let reply = handler.handle(request.get_mut(..len).unwrap_or_default())?;
+            output.write_all(reply).map_err(StreamError::Write)?;
+        }
+        return Ok(());
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(workers);
+    let rx = Mutex::new(rx);
+    let output = Mutex::new(output);
+    std::thread::scope(|scope| {
+        let mut handles = Vec::new();
+        for _ in 0..workers {
+            handles.push(scope.spawn(|| -> Result<(), StreamError> {
+                let mut handler = Handler::new(&server, max)?;
+                loop {
+                    let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok(mut request) = next else {
+                        return Ok(());
+                    };
+                    let reply = handler.handle(&mut request)?;
+                    if !reply.is_empty() {
+                        let mut out = output.lock().unwrap_or_else(|e| e.into_inner());
+                        out.write_all(reply).map_err(StreamError::Write)?;
+                    }
+                }
+            }));
+        }
+        let read = loop {
+            let mut request = Vec::new();
+            match read_message(&mut input, &mut request, IN_HEADER_LEN, max) {
+                Ok(Some(_)) => {
+                    if tx.send(request).is_err() {
+                        // Every worker failed; their error is reported below.
+                        break Ok(());
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            }
         };
+        drop(tx);
+        let mut result = read;
+        for h in handles {
+            let r = h
+                .join()
+                .unwrap_or_else(|_| Err(StreamError::Sink(io::Error::other("worker panicked"))));
+            if result.is_ok() {
+                result = r;
+            }
+        }
+        result
+    })
+}
+
+/// One worker's buffers: the reply sink and the writer's scratch space.
+struct Handler<'a> {
+    server: &'a Server<Arc<PassthroughFs>>,
+    sink: File,
+    scratch: Vec<u8>,
+    reply: Vec<u8>,
+    max: usize,
+}
+
+impl<'a> Handler<'a> {
+    fn new(server: &'a Server<Arc<PassthroughFs>>, max: usize) -> Result<Self, StreamError> {
+        Ok(Handler {
+            server,
+            sink: reply_sink().map_err(StreamError::Sink)?,
+            scratch: vec![0u8; max],
+            reply: Vec::with_capacity(max),
+            max,
+        })
+    }
+
+    /// Executes one whole request; returns its reply (empty for FORGET and the like).
+    fn handle(&mut self, request: &mut [u8]) -> Result<&[u8], StreamError> {
         // Both constructors only wrap the buffers; they cannot fail.
-        let reader = Reader::from_fuse_buffer(FuseBuf::new(req))
+        let reader = Reader::from_fuse_buffer(FuseBuf::new(request))
             .map_err(|e| StreamError::Read(io::Error::other(e.to_string())))?;
-        let writer = FuseDevWriter::<()>::new(sink.as_raw_fd(), &mut scratch)
+        let writer = FuseDevWriter::<()>::new(self.sink.as_raw_fd(), &mut self.scratch)
             .map_err(|e| StreamError::Sink(io::Error::other(e.to_string())))?;
-        if let Err(e) = server.handle_message(reader, writer.into(), None, None) {
+        if let Err(e) = self
+            .server
+            .handle_message(reader, writer.into(), None, None)
+        {
             // A request the server could not decode; it has replied with an error where
             // it could. The session goes on, as with /dev/fuse.
             tracing::debug!("fuse request failed: {e}");
         }
-        let n = sink.stream_position().map_err(StreamError::Sink)?;
-        if n == 0 {
-            continue;
-        }
+        let n = self.sink.stream_position().map_err(StreamError::Sink)?;
         let n = usize::try_from(n)
             .ok()
-            .filter(|&n| n <= max)
+            .filter(|&n| n <= self.max)
             .ok_or_else(|| StreamError::Sink(io::Error::other("reply larger than max")))?;
-        reply.resize(n, 0);
-        sink.read_exact_at(&mut reply, 0)
-            .map_err(StreamError::Sink)?;
-        sink.seek(SeekFrom::Start(0)).map_err(StreamError::Sink)?;
-        output.write_all(&reply).map_err(StreamError::Write)?;
+        self.reply.resize(n, 0);
+        if n > 0 {
+            self.sink
+                .read_exact_at(&mut self.reply, 0)
+                .map_err(StreamError::Sink)?;
+            self.sink
+                .seek(SeekFrom::Start(0))
+                .map_err(StreamError::Sink)?;
+        }
+        Ok(&self.reply)
     }
-    Ok(())
 }
 
 /// An anonymous in-memory file that collects one reply at a time.
@@ -166,5 +249,5 @@ fn reply_sink() -> io::Result<File> {
 /// byte stream the host sends, served to `fs`; replies are discarded. Must return (never
 /// panic, never hang) whatever the bytes are.
 pub fn fuzz_session(fs: &Arc<PassthroughFs>, data: &[u8]) -> Result<(), StreamError> {
-    serve(fs.clone(), data, io::sink())
+    serve(fs.clone(), data, io::sink(), 1)
 }

@@ -39,7 +39,7 @@ pub fn serve<S: Duplex>(
     drop(reader);
     let input = conn.split()?;
     info!("mount: serving {path} to the host (read-only: {read_only})");
-    match stream::serve(fs, input, conn) {
+    match stream::serve(fs, input, conn, stream::WORKERS) {
         Ok(()) => info!("mount: {path}: the host unmounted"),
         Err(e) => info!("mount: {path}: session ended: {}", error_chain(&e)),
     }
