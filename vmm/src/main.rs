@@ -8,7 +8,9 @@ mod cli {
     use std::path::PathBuf;
 
     use clap::Parser;
-    use vmm::builtin::{self, BuiltinError, DiskConfig, SerialConfig, VmConfig, VsockConfig};
+    use vmm::builtin::{
+        self, BuiltinError, DiskConfig, NetConfig, SerialConfig, VmConfig, VsockConfig,
+    };
     use vmm::hv::HvError;
 
     /// Boot a Linux kernel (x86_64 ELF vmlinux or bzImage, arm64 Image) in a microVM.
@@ -46,6 +48,10 @@ mod cli {
         /// (hybrid vsock: `CONNECT <port>` on PATH; guest connections to port P reach PATH_P).
         #[arg(long, value_name = "CID,PATH")]
         vsock: Option<VsockConfig>,
+        /// Add a virtio-net device whose backend is a QEMU `-netdev stream` unix socket the VMM
+        /// connects to (e.g. `usernet stream --socket PATH`).
+        #[arg(long, value_name = "stream:PATH[,mac=52:54:00:12:34:56]")]
+        net: Option<NetConfig>,
     }
 
     fn hint(e: &BuiltinError) -> Option<&'static str> {
@@ -96,6 +102,7 @@ mod cli {
             console: args.console,
             rng: !args.no_rng,
             vsock: args.vsock,
+            net: args.net,
         };
         match builtin::run(&cfg) {
             Ok(exit) => {

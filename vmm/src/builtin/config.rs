@@ -81,6 +81,58 @@ impl std::str::FromStr for VsockConfig {
     }
 }
 
+/// A virtio-net device with a QEMU `-netdev stream` backend (e.g. `usernet stream`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The backend's unix socket (the VMM connects to it).
+    pub socket: PathBuf,
+    pub mac: [u8; 6],
+}
+
+/// The MAC address used when none is given (QEMU's first default).
+pub const DEFAULT_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in mac.iter_mut() {
+        let p = parts
+            .next()
+            .filter(|p| p.len() == 2)
+            .ok_or_else(|| format!("MAC address {s:?} is not six hex pairs (52:54:00:12:34:56)"))?;
+        *b = u8::from_str_radix(p, 16)
+            .map_err(|_| format!("MAC address {s:?} is not six hex pairs (52:54:00:12:34:56)"))?;
+    }
+    if parts.next().is_some() {
+        return Err(format!("MAC address {s:?} has more than six parts"));
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!("MAC address {s:?} is a multicast address"));
+    }
+    Ok(mac)
+}
+
+impl std::str::FromStr for NetConfig {
+    type Err = String;
+    /// `stream:PATH` or `stream:PATH,mac=52:54:00:12:34:56`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let rest = s
+            .strip_prefix("stream:")
+            .ok_or_else(|| format!("expected stream:PATH[,mac=MAC], got {s:?}"))?;
+        let (path, mac) = match rest.rsplit_once(",mac=") {
+            Some((p, m)) => (p, parse_mac(m)?),
+            None => (rest, DEFAULT_MAC),
+        };
+        if path.is_empty() {
+            return Err("empty network socket path; use stream:PATH".into());
+        }
+        Ok(NetConfig {
+            socket: PathBuf::from(path),
+            mac,
+        })
+    }
+}
+
 /// The kernel command line used when none is given.
 pub const DEFAULT_CMDLINE: &str =
     "console=ttyS0 reboot=k panic=1 pci=off nomodule i8042.noaux i8042.nomux i8042.dumbkbd";
@@ -100,6 +152,8 @@ pub struct VmConfig {
     pub rng: bool,
     /// virtio-vsock, if wanted.
     pub vsock: Option<VsockConfig>,
+    /// virtio-net, if wanted.
+    pub net: Option<NetConfig>,
 }
 
 impl VmConfig {
@@ -115,6 +169,7 @@ impl VmConfig {
             console: None,
             rng: true,
             vsock: None,
+            net: None,
         }
     }
 }
@@ -145,6 +200,30 @@ mod tests {
         assert_eq!((v.cid, v.uds_path), (3, PathBuf::from("/run/v.sock")));
         for bad in ["2,/x", "x,/x", "3,", "/x", "4294967295,/x"] {
             assert!(bad.parse::<VsockConfig>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn test_net_config_parses_stream_path_and_mac() {
+        let n: NetConfig = "stream:/run/n.sock".parse().unwrap();
+        assert_eq!(
+            (n.socket, n.mac),
+            (PathBuf::from("/run/n.sock"), DEFAULT_MAC)
+        );
+        let n: NetConfig = "stream:/a,b.sock,mac=02:00:0a:0B:ff:01".parse().unwrap();
+        assert_eq!(n.socket, PathBuf::from("/a,b.sock"));
+        assert_eq!(n.mac, [2, 0, 0x0a, 0x0b, 0xff, 1]);
+        for bad in [
+            "/x",
+            "tap:/x",
+            "stream:",
+            "stream:/x,mac=01:00:00:00:00:00",
+            "stream:/x,mac=52:54:00:12:34",
+            "stream:/x,mac=52:54:00:12:34:56:78",
+            "stream:/x,mac=52:54:00:12:34:zz",
+            "stream:/x,mac=52:54:00:12:34:5",
+        ] {
+            assert!(bad.parse::<NetConfig>().is_err(), "{bad}");
         }
     }
 

@@ -32,13 +32,14 @@ use std::time::Duration;
 
 use vm_memory::GuestMemoryMmap;
 
-pub use config::{DiskConfig, SerialConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE};
+pub use config::{DiskConfig, NetConfig, SerialConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE};
 
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::{self, SerialDevice};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::mmio::{MmioError, MmioTransport, REG_QUEUE_NOTIFY};
+use crate::devices::virtio::net::{Net, NetError};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::VirtioDevice;
 use crate::hv::{self, HvError};
@@ -66,6 +67,8 @@ pub enum BuiltinError {
     Machine(#[from] machine::ArchError),
     #[error(transparent)]
     Disk(#[from] BlockError),
+    #[error(transparent)]
+    Net(#[from] NetError),
     #[error(transparent)]
     Vsock(Box<dyn std::error::Error + Send + Sync>),
     #[error("{0} is not supported on this host")]
@@ -183,6 +186,12 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit, BuiltinError> {
     }
     if let Some(v) = &cfg.vsock {
         devices.push(("virtio-vsock".into(), vsock_device(v)?));
+    }
+    if let Some(n) = &cfg.net {
+        devices.push((
+            "virtio-net".into(),
+            Box::new(Net::connect(&n.socket, n.mac)?),
+        ));
     }
     if let Some(p) = &cfg.console {
         let out: Arc<Mutex<dyn Write + Send>> =

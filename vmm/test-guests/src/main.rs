@@ -18,6 +18,7 @@ mod hostile;
 mod io;
 mod irq;
 mod mem;
+mod net;
 mod report;
 mod smp;
 mod vsock;
@@ -186,6 +187,18 @@ extern "C" fn guest_main(zero_page: u64) -> ! {
         match first(vsock::ID_VSOCK) {
             Some(i) => vsock::test_vsock(&info, mmio(i), &mut r),
             None => r.fail("vsock", format_args!("no virtio-vsock device (id 19)")),
+        }
+    }
+    for name in ["net", "net_down", "hostile_net"] {
+        if info.wants(name) {
+            match first(net::ID_NET) {
+                Some(i) => match name {
+                    "net" => net::test_net(mmio(i), &mut r),
+                    "net_down" => net::test_net_down(mmio(i), &mut r),
+                    _ => net::test_hostile_net(mmio(i), &mut r),
+                },
+                None => r.fail(name, format_args!("no virtio-net device (id 1)")),
+            }
         }
     }
     if info.wants("fault") {
