@@ -305,8 +305,12 @@ mod tests {
 
     /// Two rx buffers of 2 KiB, then a stream of two frames.
     fn net_valid_rx() -> Vec<u8> {
+        net_rx_with_first_buffer(2048)
+    }
+
+    fn net_rx_with_first_buffer(len: u32) -> Vec<u8> {
         let mut v = vec![7u8]; // reads of 7 bytes
-        v.extend(desc(DATA, 2048, 2, 0));
+        v.extend(desc(DATA, len, 2, 0));
         v.extend(desc(DATA + 0x1000, 2048, 2, 0));
         v.resize(1 + 16 * QUEUE_SIZE as usize, 0);
         let mut avail = vec![0u8, 0, 2, 0, 0, 0, 1, 0];
@@ -326,6 +330,9 @@ mod tests {
         // only exercise the rejection paths.
         assert_eq!(fuzz_net_tx(&net_valid_tx()), 2);
         assert_eq!(fuzz_net_rx(&net_valid_rx()), 2);
+        // A receive chain one byte short of header + 1514 drops the frame it was given.
+        assert_eq!(fuzz_net_rx(&net_rx_with_first_buffer(12 + 1513)), 1);
+        assert_eq!(fuzz_net_rx(&net_rx_with_first_buffer(12 + 1514)), 2);
     }
 
     #[test]

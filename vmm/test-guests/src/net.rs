@@ -8,7 +8,8 @@
 //!   a config-change interrupt status bit (`config_irq=`) and a device that still completes
 //!   transmit chains (`tx_after=1`).
 //! - `hostile_net`: transmit chains that are too short, header-only, oversized, outside
-//!   memory or device-writable must each complete; then an ARP round trip still works.
+//!   memory or device-writable must each complete; a receive buffer shorter than header +
+//!   1514 bytes gets its frame dropped (used length 0); then an ARP round trip still works.
 
 use crate::io::{bytes, deadline, expired, rd, wr};
 use crate::mem::alloc_pages;
@@ -52,6 +53,11 @@ fn be16(v: u16) -> [u8; 2] {
 
 impl Net {
     fn init(mmio: Mmio) -> Result<Net, &'static str> {
+        Self::init_with(mmio, RX_BUF_LEN)
+    }
+
+    /// Like `init`, with the first receive buffer `first_rx_len` bytes long.
+    fn init_with(mmio: Mmio, first_rx_len: u32) -> Result<Net, &'static str> {
         let (_, neg) = mmio.negotiate(F_MAC | F_STATUS | F_MTU)?;
         if neg & (F_MAC | F_STATUS | F_MTU) != F_MAC | F_STATUS | F_MTU {
             return Err("MAC, STATUS and MTU not all offered");
@@ -66,7 +72,8 @@ impl Net {
         let rx_pages = alloc_pages(u64::from(RX_BUFS)).ok_or("out of memory")?;
         let tx_page = alloc_pages(1).ok_or("out of memory")?;
         for i in 0..RX_BUFS.min(rx.size) {
-            rx.set_desc(i, rx_pages + 4096 * u64::from(i), RX_BUF_LEN, D_WRITE, 0);
+            let len = if i == 0 { first_rx_len } else { RX_BUF_LEN };
+            rx.set_desc(i, rx_pages + 4096 * u64::from(i), len, D_WRITE, 0);
             rx.push_avail(i);
         }
         rx.notify();
@@ -330,9 +337,10 @@ pub fn test_net_down(mmio: Mmio, r: &mut Report) {
     );
 }
 
-/// `hostile_net`: malformed transmit chains, then a normal ARP round trip.
+/// `hostile_net`: malformed transmit chains, a receive buffer too short for a full frame
+/// (the frame put there is dropped: used length 0), then a normal ARP round trip.
 pub fn test_hostile_net(mmio: Mmio, r: &mut Report) {
-    let mut n = match Net::init(mmio) {
+    let mut n = match Net::init_with(mmio, 100) {
         Ok(n) => n,
         Err(e) => return r.fail("hostile_net", format_args!("init: {e}")),
     };
@@ -361,10 +369,27 @@ pub fn test_hostile_net(mmio: Mmio, r: &mut Report) {
         }
         completed += 1;
     }
+    // The first ARP reply lands in the 100-byte buffer: dropped, returned with length 0.
+    if let Err(e) = n.send_arp_request(GW_IP) {
+        return r.fail("hostile_net", format_args!("arp: {e}"));
+    }
+    let rx_short = match n.rx.wait_used(WAIT_MS) {
+        Some((0, 0)) => 1,
+        Some((id, len)) => {
+            return r.fail(
+                "hostile_net",
+                format_args!("short rx buffer: used id={id} len={len}, want id=0 len=0"),
+            )
+        }
+        None => return r.fail("hostile_net", format_args!("short rx buffer never used")),
+    };
     match n.arp_gateway(WAIT_MS) {
         Ok(Some(gw)) => r.ok(
             "hostile_net",
-            format_args!("completed={completed} gw_mac={} link=up", Mac(gw)),
+            format_args!(
+                "completed={completed} rx_short_dropped={rx_short} gw_mac={} link=up",
+                Mac(gw)
+            ),
         ),
         Ok(None) => r.fail(
             "hostile_net",

@@ -572,6 +572,37 @@ mod tests {
     }
 
     #[test]
+    fn test_net_backend_frames_beyond_the_pending_bound_are_dropped_and_counted() {
+        let (dev_side, mut backend) = UnixStream::pair().unwrap();
+        let net = Net::with_stream(dev_side, [2, 0, 0, 0, 0, 1]).unwrap();
+        let extra = 44;
+        let mut all = Vec::new();
+        for i in 0..RX_PENDING_MAX + extra {
+            all.extend(framed(60, &[i as u8; 60]));
+        }
+        backend.write_all(&all).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let dropped = net.stats().rx_dropped_full.load(Ordering::Relaxed);
+            if dropped == extra as u64 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "dropped {dropped}, want {extra}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let q = net.shared.pending.lock().unwrap();
+        assert_eq!(q.len(), RX_PENDING_MAX);
+        // The oldest frames are kept, in order.
+        assert_eq!(q.front().map(|f| f[0]), Some(0));
+        assert_eq!(q.back().map(|f| f[0]), Some((RX_PENDING_MAX - 1) as u8));
+        drop(q);
+        assert!(net.link_up());
+    }
+
+    #[test]
     fn test_net_bad_backend_length_reports_link_down() {
         let (dev_side, mut backend) = UnixStream::pair().unwrap();
         let net = Net::with_stream(dev_side, [0x52, 0x54, 0, 0x12, 0x34, 0x56]).unwrap();
