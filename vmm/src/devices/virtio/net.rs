@@ -199,6 +199,12 @@ struct Shared {
 }
 
 impl Shared {
+    /// Whether the end of the connection is news: not caused by the device itself (closing,
+    /// or already down after a write error or a bad frame).
+    fn should_report(&self) -> bool {
+        !self.closing.load(Ordering::SeqCst) && self.link_up.load(Ordering::SeqCst)
+    }
+
     fn link_down(&self, stream: &UnixStream) {
         self.link_up.store(false, Ordering::SeqCst);
         let _ = stream.shutdown(Shutdown::Both);
@@ -301,7 +307,7 @@ fn backend_reader(mut stream: UnixStream, shared: &Shared) {
     loop {
         let n = match stream.read(&mut buf) {
             Ok(0) => {
-                if !shared.closing.load(Ordering::SeqCst) {
+                if shared.should_report() {
                     log::warn!("virtio-net: the network backend closed the connection; link down");
                 }
                 break;
@@ -309,7 +315,9 @@ fn backend_reader(mut stream: UnixStream, shared: &Shared) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                log::warn!("virtio-net: reading the network backend failed: {e}; link down");
+                if shared.should_report() {
+                    log::warn!("virtio-net: reading the network backend failed: {e}; link down");
+                }
                 break;
             }
         };
