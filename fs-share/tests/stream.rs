@@ -61,7 +61,7 @@ struct Session {
 }
 
 impl Session {
-    fn new() -> Session {
+    fn new(workers: usize) -> Session {
         let dir = tempfile::tempdir().unwrap();
         let share = dir.path().join("share");
         std::fs::create_dir(&share).unwrap();
@@ -73,7 +73,7 @@ impl Session {
         host.set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
         let input = guest.try_clone().unwrap();
-        let server = std::thread::spawn(move || stream::serve(fs, input, guest, stream::WORKERS));
+        let server = std::thread::spawn(move || stream::serve(fs, input, guest, workers));
         let mut s = Session {
             _dir: dir,
             share,
@@ -125,7 +125,7 @@ fn entry_nodeid_and_mode(body: &[u8]) -> (u64, u32) {
 
 #[test]
 fn test_stream_requests_get_whole_replies_and_escapes_are_refused() {
-    let mut s = Session::new();
+    let mut s = Session::new(4);
     // A plain file inside.
     let (err, body) = s.call(LOOKUP, 1, &name("file"));
     assert_eq!(err, 0);
@@ -165,8 +165,11 @@ fn test_stream_requests_get_whole_replies_and_escapes_are_refused() {
 #[test]
 fn test_stream_hostile_lengths_end_the_session_with_an_error() {
     let max = stream::max_message();
-    for len in [0u32, 3, 39, (max + 1) as u32, u32::MAX] {
-        let mut s = Session::new();
+    for (len, workers) in [0u32, 3, 39, (max + 1) as u32, u32::MAX]
+        .into_iter()
+        .flat_map(|l| [(l, 1), (l, 4)])
+    {
+        let mut s = Session::new(workers);
         let mut req = request(LOOKUP, 5, 1, &name("file"));
         req[0..4].copy_from_slice(&len.to_ne_bytes());
         s.host.write_all(&req).unwrap();
@@ -179,8 +182,8 @@ fn test_stream_hostile_lengths_end_the_session_with_an_error() {
 
 #[test]
 fn test_stream_truncated_messages_end_the_session_with_an_error() {
-    for cut in [2usize, 20, 45] {
-        let mut s = Session::new();
+    for (cut, workers) in [(2usize, 1), (20, 4), (45, 1), (45, 4)] {
+        let mut s = Session::new(workers);
         let req = request(LOOKUP, 5, 1, &name("file-with-a-long-name"));
         s.host.write_all(&req[..cut]).unwrap();
         match s.finish() {

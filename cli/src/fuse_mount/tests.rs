@@ -18,6 +18,9 @@ use sha2::{Digest, Sha256};
 
 use super::*;
 
+/// More than the agent's one worker: the bridge must cope with replies in any order.
+const SERVER_WORKERS: usize = 4;
+
 /// The whole test must finish within this; the watchdog then unmounts and aborts, so a hung
 /// FUSE request can neither hang CI nor leave a mount behind.
 const WATCHDOG: Duration = Duration::from_secs(120);
@@ -74,7 +77,7 @@ impl Mounted {
         let server = std::thread::spawn(move || {
             let fs = Arc::new(PassthroughFs::new(cfg).expect("share"));
             let input = guest_end.try_clone().expect("clone");
-            stream::serve(fs, input, guest_end, stream::WORKERS)
+            stream::serve(fs, input, guest_end, SERVER_WORKERS)
         });
         let mount = FuseMount::mount(&mnt, "vmctl-test", read_only).expect("mount");
         let stopper = mount.stopper();
@@ -219,7 +222,7 @@ fn test_mount_file_ops_reach_the_guest_root() {
         sha(&big)
     );
 
-    // Concurrent clients (the server's workers answer out of order; FUSE matches replies by
+    // Concurrent clients (the server's 4 workers answer out of order; FUSE matches replies by
     // their unique id): 8 threads, each its own 300 KiB file, written and read back.
     let writers: Vec<_> = (0..8u8)
         .map(|t| {
