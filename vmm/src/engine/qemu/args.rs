@@ -159,7 +159,18 @@ pub fn build(cfg: &QemuConfig, accel: Accel) -> Vec<String> {
         ]),
         Machine::Q35 => push(&["-M", "q35,memory-backend=mem"]),
     }
-    push(&["-accel", accel.as_str()]);
+    // Under TCG with several vCPUs, one host thread runs them all in turn (`thread=single`)
+    // instead of one thread each (MTTCG). The guest kernel patches its own code at run time
+    // (jump labels flipped when dockerd creates the first container's cgroups) while other
+    // vCPUs run it; under MTTCG a vCPU here now and then still executed the half-patched
+    // instruction (oops at an address inside a 5-byte NOP of kmem_cache_alloc, "Fatal
+    // exception in interrupt", about one VM in five that ran a container). Round-robin
+    // TCG runs the vCPUs one at a time, so every vCPU sees a patch whole.
+    if accel == Accel::Tcg && cfg.cpus > 1 {
+        push(&["-accel", "tcg,thread=single"]);
+    } else {
+        push(&["-accel", accel.as_str()]);
+    }
     // Under TCG: every feature TCG emulates except 5-level paging and the AVX family, whose
     // TCG emulation is new in QEMU 7.2. With them on, guest kernels here hit slab corruption
     // under load a few times (after a guest reboot, in the middle of `docker run`); guests
@@ -275,7 +286,12 @@ mod tests {
     #[test]
     fn test_args_tcg_microvm_shared_memory() {
         let a = build(&cfg(), Accel::Tcg).join(" ");
-        assert!(a.contains("-accel tcg -cpu max"), "{a}");
+        // Two vCPUs under TCG: run in turn by one thread (see `build`).
+        assert!(a.contains("-accel tcg,thread=single -cpu max"), "{a}");
+        let mut one = cfg();
+        one.cpus = 1;
+        let a1 = build(&one, Accel::Tcg).join(" ");
+        assert!(a1.contains("-accel tcg -cpu max"), "{a1}");
         assert!(
             a.contains("memory-backend-memfd,id=mem,size=2048M,share=on"),
             "{a}"
