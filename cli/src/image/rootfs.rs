@@ -111,10 +111,13 @@ pub fn input_hash(mirror: &str, agent_sha256: &str, epoch: u64) -> String {
 /// Build the root image or reuse the cached one.
 pub fn ensure(agent: &Path, progress: Progress<'_>) -> Result<Rootfs, ImageError> {
     // The image gets the agent stripped, and so does the hash: the debug info names the
-    // checkout directory, which must not make each clone of the project rebuild the image.
+    // checkout directory, and the linker's build id is a hash over it, neither of which may
+    // make each clone of the project rebuild the image (checked: two clones give identical
+    // bytes once both are gone).
     let strip_dir = tempfile::tempdir().map_err(io_err("create a temporary directory"))?;
     let stripped = strip_dir.path().join("guest-agent");
     let agent = match Command::new("strip")
+        .arg("--remove-section=.note.gnu.build-id")
         .arg("-o")
         .arg(&stripped)
         .arg(agent)
