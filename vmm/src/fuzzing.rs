@@ -214,6 +214,25 @@ mod tests {
             self.0 ^= self.0 << 17;
             self.0
         }
+
+        /// The `i`-th smoke-test input: every other one a valid seed (taken in turn), the rest
+        /// random bytes shorter than `max_len`; then up to 15 random bytes overwritten.
+        fn smoke_input(&mut self, i: usize, seeds: &[Vec<u8>], max_len: u64) -> Vec<u8> {
+            let mut input = if i % 2 == 0 {
+                seeds[(i / 2) % seeds.len()].clone()
+            } else {
+                let n = (self.next() % max_len) as usize;
+                (0..n).map(|_| self.next() as u8).collect()
+            };
+            for _ in 0..(self.next() % 16) {
+                if input.is_empty() {
+                    break;
+                }
+                let at = (self.next() as usize) % input.len();
+                input[at] = self.next() as u8;
+            }
+            input
+        }
     }
 
     fn desc(addr: u64, len: u32, flags: u16, next: u16) -> Vec<u8> {
@@ -270,21 +289,9 @@ mod tests {
     fn test_fuzz_blk_smoke_random_and_mutated_inputs_contained() {
         let (_f, disk) = scratch_disk();
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        let seed = valid_write(1);
+        let seeds = [valid_write(1)];
         for i in 0..3000 {
-            let mut input = if i % 2 == 0 {
-                seed.clone()
-            } else {
-                let n = (rng.next() % 2048) as usize;
-                (0..n).map(|_| rng.next() as u8).collect()
-            };
-            for _ in 0..(rng.next() % 16) {
-                if input.is_empty() {
-                    break;
-                }
-                let at = (rng.next() as usize) % input.len();
-                input[at] = rng.next() as u8;
-            }
+            let input = rng.smoke_input(i, &seeds, 2048);
             fuzz_blk_request(&input, &disk);
         }
     }
@@ -340,19 +347,7 @@ mod tests {
         let mut rng = Rng(0x51_7cc1_b727_220a);
         let seeds = [net_valid_tx(), net_valid_rx()];
         for i in 0..4000 {
-            let mut input = if i % 2 == 0 {
-                seeds[(i / 2) % 2].clone()
-            } else {
-                let n = (rng.next() % 8192) as usize;
-                (0..n).map(|_| rng.next() as u8).collect()
-            };
-            for _ in 0..(rng.next() % 16) {
-                if input.is_empty() {
-                    break;
-                }
-                let at = (rng.next() as usize) % input.len();
-                input[at] = rng.next() as u8;
-            }
+            let input = rng.smoke_input(i, &seeds, 8192);
             fuzz_net_tx(&input);
             fuzz_net_rx(&input);
         }
@@ -448,21 +443,9 @@ mod tests {
         let (mut m, l) = vsock_muxer(dir.path());
         l.set_nonblocking(true).unwrap();
         let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-        let seed = vsock_valid_session();
+        let seeds = [vsock_valid_session()];
         for i in 0..3000 {
-            let mut input = if i % 2 == 0 {
-                seed.clone()
-            } else {
-                let n = (rng.next() % 4096) as usize;
-                (0..n).map(|_| rng.next() as u8).collect()
-            };
-            for _ in 0..(rng.next() % 16) {
-                if input.is_empty() {
-                    break;
-                }
-                let at = (rng.next() as usize) % input.len();
-                input[at] = rng.next() as u8;
-            }
+            let input = rng.smoke_input(i, &seeds, 4096);
             fuzz_vsock_packet(&input, &mut m);
             // Keep the host listener's backlog drained.
             while l.accept().is_ok() {}
