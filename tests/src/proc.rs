@@ -62,3 +62,28 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Out {
         took: start.elapsed(),
     }
 }
+
+/// Waits for a spawned child (with piped stdout/stderr) for at most `timeout`, kills it if it
+/// is still running, and returns its exit code and output. For children a test feeds through
+/// their stdin while they run (a pseudo-terminal session under script(1), for example).
+pub fn wait_with_timeout(
+    mut child: std::process::Child,
+    timeout: Duration,
+) -> (Option<i32>, String, String) {
+    let t = Instant::now();
+    while t.elapsed() < timeout {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let out = child
+        .wait_with_output()
+        .expect("collect the output of a child");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -12,6 +12,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use vmctl_tests::cli_env::{busybox_tar, free_port, http_get_localhost, unix_http_get, Env, STEP};
+use vmctl_tests::proc::wait_with_timeout;
 use vmctl_tests::{assets_or_skip, have, skip};
 
 #[test]
@@ -314,24 +315,4 @@ fn udp_ask(port: u16, msg: &[u8], within: Duration) -> Result<Vec<u8>, String> {
         }
     }
     Err(format!("no answer within {within:?}"))
-}
-
-fn wait_with_timeout(
-    mut child: std::process::Child,
-    timeout: Duration,
-) -> (Option<i32>, String, String) {
-    let t = Instant::now();
-    while t.elapsed() < timeout {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }

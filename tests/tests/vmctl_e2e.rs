@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use vmctl_tests::cli_env::{
     busybox_tar, free_port, host_http_server, http_get_localhost, Env, STEP,
 };
+use vmctl_tests::proc::wait_with_timeout;
 use vmctl_tests::{assets_or_skip, have, skip};
 
 #[test]
@@ -123,33 +124,19 @@ fn test_vmctl_start_docker_run_stop_restart_recover_delete() {
             .env("VMCTL_HOME", env.home.path().join("instances"))
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_secs(2));
-        let mut input = child.stdin.take().unwrap();
-        std::io::Write::write_all(&mut input, b"tty; echo sum-$((2+3)); exit 4\r").unwrap();
-        let mut out = String::new();
-        let mut stdout = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            let _ = std::io::Read::read_to_string(&mut stdout, &mut out);
-            out
-        });
-        let deadline = Instant::now() + STEP;
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("vmctl shell did not end");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        drop(input);
-        let out = reader.join().unwrap();
+        std::io::Write::write_all(
+            child.stdin.as_mut().unwrap(),
+            b"tty; echo sum-$((2+3)); exit 4\r",
+        )
+        .unwrap();
+        let (code, out, _) = wait_with_timeout(child, STEP);
         assert!(out.contains("/dev/pts/"), "guest terminal: {out:?}");
         assert!(out.contains("sum-5"), "{out:?}");
-        assert_eq!(status.code(), Some(4), "{out:?}");
+        assert_eq!(code, Some(4), "{out:?}");
     } else {
         skip("script(1) is not installed: vmctl shell on a terminal not tested");
     }
