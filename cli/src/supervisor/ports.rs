@@ -179,7 +179,7 @@ async fn read_line(s: &mut UnixStream) -> Result<Vec<u8>, String> {
     }
 }
 
-pub(super) async fn call(s: &mut UnixStream, req: &Request) -> Result<Response, String> {
+async fn call(s: &mut UnixStream, req: &Request) -> Result<Response, String> {
     let frame = protocol::encode(req).map_err(|e| e.to_string())?;
     s.write_all(&frame).await.map_err(|e| e.to_string())?;
     let line = read_line(s).await?;
