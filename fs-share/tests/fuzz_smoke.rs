@@ -7,34 +7,12 @@ use std::fs;
 
 use fs_share::fuzz::FuzzTarget;
 
-/// Deterministic xorshift so failures reproduce.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+mod common;
+use common::Rng;
 
-/// A well-formed header (len, opcode, unique, nodeid, uid, gid, pid, padding) plus `body`.
+/// A well-formed request (unique 7) plus `body`.
 fn request(opcode: u32, nodeid: u64, body: &[u8]) -> Vec<u8> {
-    let len = (40 + body.len()) as u32;
-    let mut v = Vec::with_capacity(len as usize);
-    v.extend_from_slice(&len.to_le_bytes());
-    v.extend_from_slice(&opcode.to_le_bytes());
-    v.extend_from_slice(&7u64.to_le_bytes());
-    v.extend_from_slice(&nodeid.to_le_bytes());
-    v.extend_from_slice(&0u32.to_le_bytes());
-    v.extend_from_slice(&0u32.to_le_bytes());
-    v.extend_from_slice(&1u32.to_le_bytes());
-    v.extend_from_slice(&0u32.to_le_bytes());
-    v.extend_from_slice(body);
-    v
+    common::fuse_request(opcode, 7, nodeid, body)
 }
 
 fn seeds() -> Vec<Vec<u8>> {

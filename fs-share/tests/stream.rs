@@ -14,8 +14,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use fs_share::transport::stream::{self, StreamError, IN_HEADER_LEN};
+use fs_share::transport::stream::{self, StreamError};
 use fs_share::{PassthroughFs, ShareConfig};
+
+mod common;
+use common::Rng;
 
 const INIT: u32 = 26;
 const LOOKUP: u32 = 1;
@@ -23,20 +26,7 @@ const READLINK: u32 = 5;
 const OPEN: u32 = 14;
 const FORGET: u32 = 2;
 
-/// A request: header (len, opcode, unique, nodeid, uid, gid, pid, padding) + body.
-fn request(opcode: u32, unique: u64, nodeid: u64, body: &[u8]) -> Vec<u8> {
-    let len = (IN_HEADER_LEN + body.len()) as u32;
-    let mut v = Vec::new();
-    v.extend_from_slice(&len.to_ne_bytes());
-    v.extend_from_slice(&opcode.to_ne_bytes());
-    v.extend_from_slice(&unique.to_ne_bytes());
-    v.extend_from_slice(&nodeid.to_ne_bytes());
-    for x in [0u32, 0, 1, 0] {
-        v.extend_from_slice(&x.to_ne_bytes());
-    }
-    v.extend_from_slice(body);
-    v
-}
+use common::fuse_request as request;
 
 fn init() -> Vec<u8> {
     let body: Vec<u8> = [7u32, 31, 1 << 17, 0]
@@ -190,20 +180,6 @@ fn test_stream_truncated_messages_end_the_session_with_an_error() {
             Err(StreamError::Truncated) => {}
             other => panic!("cut at {cut}: {other:?}"),
         }
-    }
-}
-
-/// Deterministic xorshift so failures reproduce.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
     }
 }
 
