@@ -81,6 +81,16 @@ impl Agent {
         })
     }
 
+    /// A second handle on the connection, for a thread that sends alongside the reader.
+    fn clone_writer(&self) -> Result<UnixStream, AgentError> {
+        self.writer
+            .try_clone()
+            .map_err(|source| AgentError::Socket {
+                path: "vsock".into(),
+                source,
+            })
+    }
+
     fn call(&mut self, req: &Request) -> Result<Response, AgentError> {
         protocol::write_frame(&mut self.writer, req)?;
         match self.reader.expect::<Response>()? {
@@ -142,13 +152,7 @@ impl Agent {
             // The terminal's size follows the host's. Polled rather than caught as SIGWINCH:
             // no process-wide signal handler for one CLI call, and a 250 ms lag on a resize is
             // not noticeable.
-            let mut w = self
-                .writer
-                .try_clone()
-                .map_err(|source| AgentError::Socket {
-                    path: "vsock".into(),
-                    source,
-                })?;
+            let mut w = self.clone_writer()?;
             std::thread::spawn(move || {
                 let mut last = crate::terminal::size(0);
                 loop {
@@ -166,13 +170,7 @@ impl Agent {
             });
         }
         if let Some(mut input) = stdin {
-            let mut w = self
-                .writer
-                .try_clone()
-                .map_err(|source| AgentError::Socket {
-                    path: "vsock".into(),
-                    source,
-                })?;
+            let mut w = self.clone_writer()?;
             std::thread::spawn(move || {
                 let mut buf = vec![0u8; protocol::MAX_CHUNK];
                 loop {
