@@ -47,8 +47,19 @@ fn recv(s: &mut UnixStream) -> std::io::Result<Vec<u8>> {
     Ok(f)
 }
 
+/// Connects as the peer. The socket file appears at bind(), a moment before listen(): a
+/// refused connection in that window is retried, as QEMU's reconnect would.
 fn connect(sock: &Path) -> UnixStream {
-    let s = UnixStream::connect(sock).expect("connect");
+    let end = Instant::now() + Duration::from_secs(10);
+    let s = loop {
+        match UnixStream::connect(sock) {
+            Ok(s) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && Instant::now() < end => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("connect: {e:?}"),
+        }
+    };
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     s
