@@ -184,7 +184,9 @@ fn test_virtio_net_bad_backend_length_closes_backend_and_link_goes_down() {
         let mut frame = vec![0u8; u32::from_be_bytes(len) as usize];
         s.read_exact(&mut frame).expect("first frame");
         s.write_all(&70_000u32.to_be_bytes()).expect("bad length");
-        s.write_all(&[0xee; 64]).expect("garbage");
+        // The device may already have closed the connection on the length alone (what this
+        // test expects of it): then the garbage cannot be written, which is fine.
+        let _ = s.write_all(&[0xee; 64]);
         let mut rest = Vec::new();
         let closed = s.read_to_end(&mut rest).is_ok();
         (frame, closed)
