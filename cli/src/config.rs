@@ -8,6 +8,7 @@
 //! | `disk_size` | size | `64GiB` | the sparse data disk for `/var/lib/docker` (grows only) |
 //! | `share_home` | bool | `true` | share `$HOME` at the same path in the VM |
 //! | `mounts` | list of `HOSTDIR[:GUESTDIR][:ro]` | `[]` | more shared folders |
+//! | `nested` | bool | `false` | give the VM a `/dev/kvm` of its own (KVM workloads in containers: `docker run --device /dev/kvm`), where the host allows it |
 //!
 //! `vmctl start` flags override the file for that start and are saved into it.
 
@@ -36,7 +37,9 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("Unknown key {0:?}; keys are engine, cpus, memory, disk_size, share_home, mounts")]
+    #[error(
+        "Unknown key {0:?}; keys are engine, cpus, memory, disk_size, share_home, mounts, nested"
+    )]
     UnknownKey(String),
     #[error("Invalid value for {key}: {why}")]
     Value { key: String, why: String },
@@ -149,6 +152,8 @@ pub struct ConfigFile {
     pub share_home: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mounts: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nested: Option<bool>,
 }
 
 /// The effective configuration.
@@ -160,6 +165,7 @@ pub struct Config {
     pub disk_size_mib: u64,
     pub share_home: bool,
     pub mounts: Vec<Mount>,
+    pub nested: bool,
 }
 
 fn host_cpus() -> u32 {
@@ -248,6 +254,9 @@ impl ConfigFile {
             "share_home" => {
                 self.share_home = Some(value.parse().map_err(|_| bad("use true or false".into()))?)
             }
+            "nested" => {
+                self.nested = Some(value.parse().map_err(|_| bad("use true or false".into()))?)
+            }
             "mounts" => {
                 let list: Vec<String> = value
                     .split(',')
@@ -274,6 +283,7 @@ impl ConfigFile {
             "memory" => format_size_mib(c.memory_mib),
             "disk_size" => format_size_mib(c.disk_size_mib),
             "share_home" => c.share_home.to_string(),
+            "nested" => c.nested.to_string(),
             "mounts" => c
                 .mounts
                 .iter()
@@ -311,6 +321,7 @@ impl ConfigFile {
             disk_size_mib,
             share_home: self.share_home.unwrap_or(true),
             mounts,
+            nested: self.nested.unwrap_or(false),
         })
     }
 }

@@ -258,6 +258,20 @@ pub fn kill_leftovers(inst: &Instance) -> Vec<u32> {
     killed
 }
 
+/// The last `max` bytes of a file (empty if it cannot be read), without reading the rest.
+pub fn read_tail(path: &Path, max: u64) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(len.saturating_sub(max))).is_ok() {
+        let _ = f.take(max).read_to_end(&mut buf);
+    }
+    buf
+}
+
 /// Log files are rotated when a run starts: past this size `NAME.log` becomes `NAME.log.1`
 /// (replacing the previous one), so logs never grow without bound across restarts.
 pub const LOG_ROTATE_BYTES: u64 = 8 << 20;

@@ -1,9 +1,11 @@
-//! `guest-agent` library: the versioned host ↔ guest wire protocol, and nothing else.
+//! `guest-agent` library: the host ↔ guest contract, and nothing else: the versioned wire
+//! protocol ([`protocol`]) and the agent's kernel command line ([`cmdline`]).
 //!
-//! The host side (`vmm`, `cli`) depends on this crate for [`protocol`] only; the PID-1
+//! The host side (`vmm`, `cli`) depends on this crate for those only; the PID-1
 //! code lives in the `guest-agent` binary (src/main.rs, src/agent/) and is never linked
 //! into the host.
 
+pub mod cmdline;
 pub mod protocol;
 
 /// Fuzz entry point (used by `fuzz/` and by the fuzz smoke test): decode arbitrary bytes

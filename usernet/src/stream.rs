@@ -5,7 +5,6 @@
 
 use std::io::{self, Read, Write};
 use std::path::Path;
-use std::time::Duration;
 
 use mio::net::{UnixListener, UnixStream};
 use mio::{Interest, Token};
@@ -118,47 +117,82 @@ impl Peer {
 /// Listens on `path` and serves QEMU peers until SIGTERM/SIGINT.
 pub fn run(path: &Path, config: Config) -> Result<(), StreamError> {
     let _ = std::fs::remove_file(path);
-    let mut listener = UnixListener::bind(path).map_err(|source| StreamError::Listen {
+    let listener = UnixListener::bind(path).map_err(|source| StreamError::Listen {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut net = UserNet::new(config)?;
-    net.registry()
-        .register(&mut listener, LISTEN_TOKEN, Interest::READABLE)
-        .map_err(StreamError::Io)?;
+    let net = UserNet::new(config)?;
     let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(StreamError::Signals)?;
     net.registry()
         .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
         .map_err(StreamError::Signals)?;
     tracing::info!(path = %path.display(), "ready");
-    let mut peer: Option<Peer> = None;
+    let r = serve(net, Some(listener), None, Some(signals));
+    let _ = std::fs::remove_file(path);
+    r
+}
+
+/// Serves one already connected peer (e.g. one end of a socket pair whose other end is a
+/// VMM's virtio-net in the same process) until it disconnects. No listener, no signals: the
+/// caller owns the process.
+pub fn serve_connected(
+    stream: std::os::unix::net::UnixStream,
+    config: Config,
+) -> Result<(), StreamError> {
+    stream.set_nonblocking(true).map_err(StreamError::Io)?;
+    let net = UserNet::new(config)?;
+    serve(net, None, Some(UnixStream::from_std(stream)), None)
+}
+
+fn new_peer(net: &UserNet, mut s: UnixStream) -> Option<Peer> {
+    net.registry()
+        .register(&mut s, PEER_TOKEN, Interest::READABLE | Interest::WRITABLE)
+        .ok()?;
+    tracing::info!("peer connected");
+    Some(Peer {
+        stream: s,
+        decoder: Decoder::default(),
+        out: Vec::new(),
+        out_pos: 0,
+    })
+}
+
+/// The event loop: accepts peers from `listener` (one at a time, a new one replaces the old)
+/// or serves `first` alone, returning when a signal arrives or, without a listener, when the
+/// peer is gone.
+fn serve(
+    mut net: UserNet,
+    mut listener: Option<UnixListener>,
+    first: Option<UnixStream>,
+    mut signals: Option<Signals>,
+) -> Result<(), StreamError> {
+    if let Some(l) = listener.as_mut() {
+        net.registry()
+            .register(l, LISTEN_TOKEN, Interest::READABLE)
+            .map_err(StreamError::Io)?;
+    }
+    let mut peer: Option<Peer> = first.and_then(|s| new_peer(&net, s));
+    if listener.is_none() && peer.is_none() {
+        return Ok(());
+    }
     let mut ready = Vec::new();
     let mut rbuf = vec![0u8; 256 * 1024];
     loop {
         ready.clear();
         net.wait(None, &mut ready).map_err(StreamError::Io)?;
-        if ready.contains(&SIGNAL_TOKEN) && signals.pending().next().is_some() {
-            let _ = std::fs::remove_file(path);
+        if ready.contains(&SIGNAL_TOKEN)
+            && signals
+                .as_mut()
+                .is_some_and(|s| s.pending().next().is_some())
+        {
             return Ok(());
         }
-        if ready.contains(&LISTEN_TOKEN) {
-            while let Ok((mut s, _)) = listener.accept() {
+        if let Some(l) = listener.as_ref().filter(|_| ready.contains(&LISTEN_TOKEN)) {
+            while let Ok((s, _)) = l.accept() {
                 if let Some(mut old) = peer.take() {
                     let _ = net.registry().deregister(&mut old.stream);
                 }
-                if net
-                    .registry()
-                    .register(&mut s, PEER_TOKEN, Interest::READABLE | Interest::WRITABLE)
-                    .is_ok()
-                {
-                    tracing::info!("peer connected");
-                    peer = Some(Peer {
-                        stream: s,
-                        decoder: Decoder::default(),
-                        out: Vec::new(),
-                        out_pos: 0,
-                    });
-                }
+                peer = new_peer(&net, s);
             }
         }
         let mut alive = true;
@@ -224,8 +258,10 @@ pub fn run(path: &Path, config: Config) -> Result<(), StreamError> {
                 let _ = net.registry().deregister(&mut p.stream);
                 tracing::info!("peer disconnected");
             }
+            if listener.is_none() {
+                return Ok(());
+            }
         }
-        let _ = Duration::ZERO;
     }
 }
 

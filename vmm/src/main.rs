@@ -26,8 +26,9 @@ mod cli {
         /// Kernel command line (virtio-mmio devices are appended to it).
         #[arg(long, default_value = builtin::DEFAULT_CMDLINE)]
         cmdline: String,
-        /// Raw disk image, as PATH or PATH,ro; repeat for more disks (vda, vdb, …).
-        #[arg(long = "disk", value_name = "PATH[,ro]")]
+        /// Raw disk image, as PATH, then ,ro for read-only and ,serial=ID for the ID the guest
+        /// reads; repeat for more disks (vda, vdb, …).
+        #[arg(long = "disk", value_name = "PATH[,ro][,serial=ID]")]
         disks: Vec<DiskConfig>,
         /// Guest memory in MiB.
         #[arg(long, default_value_t = 256)]
@@ -48,10 +49,27 @@ mod cli {
         /// (hybrid vsock: `CONNECT <port>` on PATH; guest connections to port P reach PATH_P).
         #[arg(long, value_name = "CID,PATH")]
         vsock: Option<VsockConfig>,
-        /// Add a virtio-net device whose backend is a QEMU `-netdev stream` unix socket the VMM
-        /// connects to (e.g. `usernet stream --socket PATH`).
-        #[arg(long, value_name = "stream:PATH[,mac=52:54:00:12:34:56]")]
+        /// Add a virtio-net device: `user` runs usernet's NAT in this process (DHCP, DNS, NAT
+        /// to the host's network); `stream:PATH` connects to a QEMU `-netdev stream` unix socket
+        /// (e.g. `usernet stream --socket PATH`).
+        #[arg(long, value_name = "user|stream:PATH[,mac=52:54:00:12:34:56]")]
         net: Option<NetConfig>,
+        /// Let the guest run a hypervisor of its own (the CPU's VMX/SVM, where the host KVM
+        /// allows nesting).
+        #[arg(long)]
+        nested: bool,
+        /// Write how the VM ended to this file as one JSON object (`vmm::builtin::ExitReport`),
+        /// for a supervisor that runs `vmm` as a child process.
+        #[arg(long, value_name = "PATH")]
+        exit_report: Option<PathBuf>,
+    }
+
+    fn report(path: Option<&PathBuf>, r: &builtin::ExitReport) {
+        let Some(path) = path else { return };
+        let json = serde_json::to_string(r).unwrap_or_default();
+        if let Err(e) = std::fs::write(path, json + "\n") {
+            eprintln!("vmm: cannot write the exit report {}: {e}", path.display());
+        }
     }
 
     fn hint(e: &BuiltinError) -> Option<&'static str> {
@@ -103,21 +121,27 @@ mod cli {
             rng: !args.no_rng,
             vsock: args.vsock,
             net: args.net,
+            nested: args.nested,
         };
+        let exit_report = args.exit_report.as_ref();
         match builtin::run(&cfg) {
-            Ok(exit) => {
-                log::info!("guest {exit:?}");
+            Ok(how) => {
+                log::info!("guest {how:?}");
+                report(exit_report, &builtin::ExitReport::Guest { how });
                 0
             }
-            Err(BuiltinError::Crashed(what)) => {
-                eprintln!("vmm: guest crashed: {what}");
+            Err(BuiltinError::Crashed(detail)) => {
+                eprintln!("vmm: guest crashed: {detail}");
+                report(exit_report, &builtin::ExitReport::Crashed { detail });
                 2
             }
             Err(e) => {
-                match hint(&e) {
-                    Some(h) => eprintln!("vmm: error: {}; {h}", chain(&e)),
-                    None => eprintln!("vmm: error: {}", chain(&e)),
-                }
+                let detail = match hint(&e) {
+                    Some(h) => format!("{}; {h}", chain(&e)),
+                    None => chain(&e),
+                };
+                eprintln!("vmm: error: {detail}");
+                report(exit_report, &builtin::ExitReport::Error { detail });
                 1
             }
         }

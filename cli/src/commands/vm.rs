@@ -34,6 +34,9 @@ pub struct StartArgs {
     /// Share a host folder: HOSTDIR[:GUESTDIR][:ro] (repeatable; replaces saved mounts).
     #[arg(long = "mount")]
     mounts: Vec<String>,
+    /// Give the VM a /dev/kvm of its own (saved in the instance config).
+    #[arg(long)]
+    nested: bool,
     /// The static guest agent to put in the root image (default: the musl build).
     #[arg(long)]
     agent: Option<PathBuf>,
@@ -85,6 +88,9 @@ pub fn start(name: &NameArg, a: StartArgs) -> anyhow::Result<()> {
     if let Some(c) = a.cpus {
         file.set("cpus", &c.to_string())?;
     }
+    if a.nested {
+        file.set("nested", "true")?;
+    }
     if let Some(m) = &a.memory {
         file.set("memory", m)?;
     }
@@ -105,8 +111,8 @@ pub fn start(name: &NameArg, a: StartArgs) -> anyhow::Result<()> {
             bail!("shared folder {} does not exist; create it or remove it with `vmctl config set mounts ...`", m.host.display());
         }
     }
-    let (engine, why) = supervisor::choose_engine(cfg.engine)?;
-    eprintln!("vmctl: engine {engine} ({why})");
+    let (engine, why) = supervisor::engine::choose(cfg.engine)?;
+    eprintln!("vmctl: engine {} ({why})", engine.as_str());
 
     let total = 4;
     step(1, total, "guest kernel");

@@ -5,6 +5,7 @@
 pub mod backends;
 pub mod control;
 pub mod docker_proxy;
+pub mod engine;
 pub mod ports;
 pub mod udp_ports;
 pub mod vsock;
@@ -15,15 +16,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use tokio::sync::{watch, Mutex};
-use vmm::engine::qemu::{self, Net, QemuConfig, QemuVm};
 
 use crate::agent::Agent;
-use crate::config::{Config, ConfigFile, EngineChoice};
+use crate::config::{Config, ConfigFile};
 use crate::instance::{Instance, State};
-use backends::{sibling_program, Backend};
-
-/// The guest's vsock CID (the first one a guest may use).
-pub const GUEST_CID: u32 = 3;
+pub use engine::GUEST_CID;
+use engine::{Engine, EngineExit, EngineKind, GuestSpec, Share};
 /// How long the guest may take to reach Docker-ready (TCG on a busy 2-core host is slow).
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
 /// Guest TCP port of the agent's optional Docker bridge (see `VMCTL_DOCKER_TCP_PORT`).
@@ -47,187 +45,90 @@ fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
-/// A share: virtio-fs tag, host folder, guest folder, read-only.
-fn shares(cfg: &Config) -> Vec<(String, PathBuf, PathBuf, bool)> {
+/// The shares: the home folder (at the same path) and the configured mounts.
+fn shares(cfg: &Config) -> Vec<Share> {
     let mut v = Vec::new();
     if cfg.share_home {
         if let Some(home) = std::env::var_os("HOME")
             .map(PathBuf::from)
             .filter(|h| h.is_dir())
         {
-            v.push(("home".to_string(), home.clone(), home, false));
+            v.push(Share {
+                tag: "home".into(),
+                host: home.clone(),
+                guest: home,
+                read_only: false,
+            });
         }
     }
     for (i, m) in cfg.mounts.iter().enumerate() {
-        v.push((
-            format!("mount{i}"),
-            m.host.clone(),
-            m.guest.clone(),
-            m.read_only,
-        ));
+        v.push(Share {
+            tag: format!("mount{i}"),
+            host: m.host.clone(),
+            guest: m.guest.clone(),
+            read_only: m.read_only,
+        });
     }
     v
 }
 
-/// Which engine runs the VM, and why.
-pub fn choose_engine(choice: EngineChoice) -> anyhow::Result<(&'static str, String)> {
-    let builtin_gap = "the builtin engine has no virtio-net, virtio-fs or vsock frontend for the \
-                       full VM yet";
-    match choice {
-        EngineChoice::Qemu => Ok(("qemu", "requested with --engine qemu".into())),
-        EngineChoice::Builtin => bail!(
-            "--engine builtin cannot run the Docker VM yet: {builtin_gap}; use --engine qemu (or auto)"
-        ),
-        EngineChoice::Auto => {
-            let why = if std::path::Path::new("/sys/module/kvm_pvm").exists() {
-                "/dev/kvm is PVM, which cannot boot an unmodified Linux kernel".to_string()
-            } else {
-                builtin_gap.to_string()
-            };
-            Ok(("qemu", why))
-        }
-    }
-}
-
-struct Running {
-    qemu: QemuVm,
-    _backends: Vec<Backend>,
-}
-
-fn start_vm(
-    inst: &Instance,
-    cfg: &Config,
-    assets: &Assets,
-    state: &Arc<Mutex<State>>,
-) -> anyhow::Result<Running> {
-    let set = |msg: &str| {
-        log::info!("{msg}");
-        state.blocking_lock().message = msg.to_string();
-    };
-    set("creating the data disk");
-    qemu::ensure_data_disk(&inst.data_disk(), cfg.disk_size_mib << 20)?;
-
-    let mut backends = Vec::new();
-    set("starting usernet");
-    let net_sock = inst.dir.join("net.sock");
-    let mut net_args = vec![
-        "stream".to_string(),
-        "--socket".into(),
-        net_sock.display().to_string(),
-    ];
+/// The guest as both engines run it.
+fn guest_spec(inst: &Instance, cfg: &Config, assets: &Assets) -> GuestSpec {
+    let shares = shares(cfg);
     // A debugging/benchmark knob: also expose dockerd over TCP on host 127.0.0.1:PORT through
     // usernet (the agent bridges guest TCP 2376 to the Docker socket), to compare with vsock.
     let docker_tcp = std::env::var("VMCTL_DOCKER_TCP_PORT")
         .ok()
         .and_then(|p| p.parse::<u16>().ok());
-    if let Some(port) = docker_tcp {
-        net_args.push("--forward".into());
-        net_args.push(format!("tcp:127.0.0.1:{port}:{DOCKER_TCP_GUEST_PORT}"));
+    GuestSpec {
+        kernel: assets.kernel.clone(),
+        rootfs: assets.rootfs.clone(),
+        data_disk: inst.data_disk(),
+        memory_mib: cfg.memory_mib,
+        cpus: cfg.cpus,
+        nested: cfg.nested,
+        agent: guest_agent::cmdline::Config {
+            hostname: if inst.name == "default" {
+                "vmctl".into()
+            } else {
+                inst.name.clone()
+            },
+            time: i64::try_from(now_unix()).ok(),
+            docker_tcp: docker_tcp.map(|_| DOCKER_TCP_GUEST_PORT),
+            shares: shares
+                .iter()
+                .map(|s| (s.tag.clone(), s.guest.display().to_string()))
+                .collect(),
+            ..Default::default()
+        },
+        shares,
+        docker_tcp: docker_tcp.map(|p| (p, DOCKER_TCP_GUEST_PORT)),
     }
-    backends.push(Backend::start(
-        "usernet",
-        &sibling_program("usernet")?,
-        &net_args,
-        &inst.log("usernet"),
-        &net_sock,
-    )?);
+}
 
-    set("starting the vsock backend");
-    let vhost_vsock = inst.dir.join("vhost-vsock.sock");
-    backends.push(Backend::start(
-        "vsock",
-        &sibling_program("vmm-vsock-backend")?,
-        &[
-            "--socket".into(),
-            vhost_vsock.display().to_string(),
-            "--uds-path".into(),
-            inst.vsock_sock().display().to_string(),
-            "--guest-cid".into(),
-            GUEST_CID.to_string(),
-        ],
-        &inst.log("vsock"),
-        &vhost_vsock,
-    )?);
-
-    let mut fs_shares = Vec::new();
-    let mut share_words = Vec::new();
-    for (tag, host, guest, ro) in shares(cfg) {
-        set(&format!("sharing {}", host.display()));
-        let sock = inst.dir.join(format!("fs-{tag}.sock"));
-        let mut args = vec![
-            "serve".to_string(),
-            "--socket".into(),
-            sock.display().to_string(),
-            "--tag".into(),
-            tag.clone(),
-            "--shared-dir".into(),
-            host.display().to_string(),
-        ];
-        if ro {
-            args.push("--readonly".into());
-        }
-        backends.push(Backend::start(
-            &format!("fs-share {tag}"),
-            &sibling_program("fs-share")?,
-            &args,
-            &inst.log(&format!("fs-{tag}")),
-            &sock,
-        )?);
-        fs_shares.push((tag.clone(), sock));
-        share_words.push(format!("{tag}:{}", guest.display()));
-    }
-
-    let mut qc = QemuConfig::new(
-        assets.kernel.clone(),
-        assets.rootfs.clone(),
-        inst.log("console"),
-    );
-    qc.data_disk = Some(inst.data_disk());
-    qc.memory_mib = u32::try_from(cfg.memory_mib).unwrap_or(u32::MAX);
-    qc.cpus = cfg.cpus;
-    qc.net = Net::Stream { socket: net_sock };
-    qc.vsock = Some((vhost_vsock, GUEST_CID));
-    qc.fs_shares = fs_shares;
-    qc.qmp_socket = Some(inst.dir.join("qmp.sock"));
-    qc.cmdline_extra.push(format!("vmctl.time={}", now_unix()));
-    qc.cmdline_extra.push(format!(
-        "vmctl.hostname={}",
-        if inst.name == "default" {
-            "vmctl"
-        } else {
-            &inst.name
-        }
-    ));
-    if docker_tcp.is_some() {
-        qc.cmdline_extra
-            .push(format!("vmctl.docker_tcp={DOCKER_TCP_GUEST_PORT}"));
-    }
-    if !share_words.is_empty() {
-        qc.cmdline_extra
-            .push(format!("vmctl.share={}", share_words.join(",")));
-    }
-    set("booting the VM");
-    let vm = QemuVm::start(&qc, None)?;
-    {
-        let mut s = state.blocking_lock();
-        s.engine_reason = format!(
-            "{}; QEMU uses {} ({})",
-            s.engine_reason,
-            vm.accel().accel.as_str(),
-            vm.accel().reason
-        );
-    }
-    Ok(Running {
-        qemu: vm,
-        _backends: backends,
-    })
+fn start_vm(
+    kind: EngineKind,
+    inst: &Instance,
+    cfg: &Config,
+    assets: &Assets,
+    state: &Arc<Mutex<State>>,
+) -> anyhow::Result<Box<dyn Engine>> {
+    let set = |msg: &str| {
+        log::info!("{msg}");
+        state.blocking_lock().message = msg.to_string();
+    };
+    set("creating the data disk");
+    vmm::engine::qemu::ensure_data_disk(&inst.data_disk(), cfg.disk_size_mib << 20)?;
+    let vm = engine::start(kind, inst, &guest_spec(inst, cfg, assets), &set)?;
+    state.blocking_lock().engine = vm.describe();
+    Ok(vm)
 }
 
 /// Waits until the agent says dockerd answers, updating the progress message.
 /// Gives up early when a stop is requested (`stop` holds `Some(force)` then).
 fn wait_ready(
     inst: &Instance,
-    vm: &mut QemuVm,
+    vm: &mut Box<dyn Engine>,
     state: &Arc<Mutex<State>>,
     stop: &watch::Receiver<Option<bool>>,
 ) -> anyhow::Result<()> {
@@ -237,9 +138,9 @@ fn wait_ready(
         if stop.borrow().is_some() {
             bail!("stopped while booting");
         }
-        if let Some(status) = vm.try_exit() {
+        if let Some(exit) = vm.try_exit() {
             bail!(
-                "the VM exited during boot ({status}); see {}",
+                "the VM ended during boot ({exit:?}); see {}",
                 inst.log("console").display()
             );
         }
@@ -268,42 +169,25 @@ fn wait_ready(
     )
 }
 
-fn stop_vm(inst: &Instance, running: &mut Running, force: bool) {
+/// Asks the guest to power off (unless `force`), then ends the VM.
+fn stop_vm(inst: &Instance, vm: &mut Box<dyn Engine>, force: bool) {
     if !force {
         if let Ok(mut a) = Agent::connect(&inst.vsock_sock(), Duration::from_secs(2)) {
             let _ = a.shutdown(false);
         }
-        if running.qemu.wait_exit(STOP_TIMEOUT).is_some() {
-            return;
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if vm.try_exit().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
         log::warn!(
             "the guest did not power off within {} s; stopping it hard",
             STOP_TIMEOUT.as_secs()
         );
     }
-    running.qemu.kill();
-}
-
-/// Whether the guest kernel panicked (its console says so near the end).
-fn guest_panicked(inst: &Instance) -> bool {
-    let text = std::fs::read(inst.log("console")).unwrap_or_default();
-    let tail = &text[text.len().saturating_sub(16384)..];
-    String::from_utf8_lossy(tail).contains("Kernel panic - not syncing")
-}
-
-/// Whether the guest's last words on the console were a reboot (not a power-off or a crash).
-fn guest_rebooted(inst: &Instance) -> bool {
-    let text = std::fs::read(inst.log("console")).unwrap_or_default();
-    let tail = &text[text.len().saturating_sub(4096)..];
-    let tail = String::from_utf8_lossy(tail);
-    match (
-        tail.rfind("reboot: Restarting system"),
-        tail.rfind("reboot: Power down"),
-    ) {
-        (Some(r), Some(p)) => r > p,
-        (Some(_), None) => true,
-        _ => false,
-    }
+    vm.kill();
 }
 
 /// Runs the supervisor in the current (already detached) process until the VM stops.
@@ -311,10 +195,10 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
     inst.create_dirs()?;
     std::fs::write(inst.pid_file(), std::process::id().to_string()).context("write pid file")?;
     let cfg = ConfigFile::load(&inst.dir.join("config.toml"))?.resolve()?;
-    let (engine, reason) = choose_engine(cfg.engine)?;
+    let (kind, reason) = engine::choose(cfg.engine)?;
     let state = Arc::new(Mutex::new(State {
         supervisor_pid: std::process::id(),
-        engine: engine.into(),
+        engine: kind.as_str().into(),
         engine_reason: reason,
         phase: "starting".into(),
         message: "starting".into(),
@@ -369,7 +253,7 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
         s.phase = "failed".into();
         s.message = format!("{e:#}");
     };
-    let mut running = match start_vm(inst, &cfg, &assets, &state) {
+    let mut running = match start_vm(kind, inst, &cfg, &assets, &state) {
         Ok(r) => r,
         Err(e) => {
             fail(&state, &e);
@@ -377,9 +261,9 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    if let Err(e) = wait_ready(inst, &mut running.qemu, &state, &stop_rx) {
+    if let Err(e) = wait_ready(inst, &mut running, &state, &stop_rx) {
         fail(&state, &e);
-        running.qemu.kill();
+        running.kill();
         std::thread::sleep(Duration::from_millis(300));
         return Err(e);
     }
@@ -403,30 +287,30 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
     }
     log::info!("running; Docker socket at {}", inst.docker_sock().display());
 
-    // Wait for a stop request or the VM's own end; a guest reboot restarts the VM (QEMU runs
-    // with -no-reboot, so a reboot ends its process) while the sockets stay served, and so
-    // does a guest kernel panic, a few times, keeping the crashed console log.
+    // Wait for a stop request or the VM's own end; a guest reboot restarts the VM while the
+    // sockets stay served, and so does a guest kernel panic, a few times, keeping the
+    // crashed console log.
     let mut crash_restarts = 0;
     let force = loop {
-        if let Some(status) = running.qemu.try_exit() {
-            let crashed = guest_panicked(inst);
-            if !guest_rebooted(inst) && !crashed {
-                log::warn!("the VM exited on its own ({status})");
-                break None;
-            }
-            if crashed {
-                crash_restarts += 1;
-                log::error!(
-                    "the guest kernel panicked (see {}); restarting the VM ({crash_restarts} of {MAX_CRASH_RESTARTS})",
-                    inst.log("console").display()
-                );
-                let _ = std::fs::copy(inst.log("console"), inst.log("console-crash"));
-                if crash_restarts > MAX_CRASH_RESTARTS {
-                    log::error!("giving up after {MAX_CRASH_RESTARTS} guest crashes");
+        if let Some(exit) = running.try_exit() {
+            match &exit {
+                EngineExit::Reset => log::info!("the guest rebooted; starting it again"),
+                EngineExit::Panic => {
+                    crash_restarts += 1;
+                    log::error!(
+                        "the guest kernel panicked (see {}); restarting the VM ({crash_restarts} of {MAX_CRASH_RESTARTS})",
+                        inst.log("console").display()
+                    );
+                    let _ = std::fs::copy(inst.log("console"), inst.log("console-crash"));
+                    if crash_restarts > MAX_CRASH_RESTARTS {
+                        log::error!("giving up after {MAX_CRASH_RESTARTS} guest crashes");
+                        break None;
+                    }
+                }
+                EngineExit::PowerOff | EngineExit::Failed(_) => {
+                    log::warn!("the VM ended on its own ({exit:?})");
                     break None;
                 }
-            } else {
-                log::info!("the guest rebooted; starting it again");
             }
             {
                 let mut s = state.blocking_lock();
@@ -434,8 +318,8 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
                 s.message = "guest rebooted; starting it again".into();
             }
             drop(running);
-            let restarted = start_vm(inst, &cfg, &assets, &state).and_then(|mut r| {
-                wait_ready(inst, &mut r.qemu, &state, &stop_rx)?;
+            let restarted = start_vm(kind, inst, &cfg, &assets, &state).and_then(|mut r| {
+                wait_ready(inst, &mut r, &state, &stop_rx)?;
                 Ok(r)
             });
             match restarted {

@@ -4,9 +4,9 @@ use std::sync::atomic::Ordering;
 
 use guest_agent::protocol::DOCKER_PORT;
 
-use super::cmdline::Config;
 use super::log::{self, info};
 use super::{bridge, mounts, net, reaper, server, services, shutdown, sys};
+use guest_agent::cmdline::Config;
 
 /// Boot the guest. Never returns.
 pub fn run() -> ! {

@@ -2,7 +2,6 @@
 
 pub mod boot;
 pub mod bridge;
-pub mod cmdline;
 pub mod exec;
 pub mod fs_server;
 pub mod log;

@@ -49,6 +49,11 @@ pub fn run(reboot: bool) {
     let _ = sys::kill(-1, libc::SIGKILL);
     mounts::unmount_all();
     info!("bye");
-    let e = sys::reboot(reboot);
+    // Without ACPI (the builtin engine) a power-off would halt the vCPUs where the VMM cannot
+    // see it; the engine asked for this stop and takes the reset as the power-off.
+    let by_reset = std::fs::read_to_string("/proc/cmdline")
+        .map(|c| guest_agent::cmdline::Config::parse(&c).poweroff_by_reset)
+        .unwrap_or(false);
+    let e = sys::reboot(reboot || by_reset);
     info!("reboot(2) failed: {e}");
 }

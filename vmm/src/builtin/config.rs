@@ -30,22 +30,45 @@ impl std::str::FromStr for SerialConfig {
 pub struct DiskConfig {
     pub path: PathBuf,
     pub read_only: bool,
+    /// The serial the guest sees (`/sys/block/vdX/serial`, at most 20 bytes); the file name
+    /// when not given.
+    pub serial: Option<String>,
 }
+
+/// Longest virtio-blk serial (the GET_ID buffer).
+pub const MAX_DISK_SERIAL: usize = 20;
 
 impl std::str::FromStr for DiskConfig {
     type Err = String;
-    /// `PATH` or `PATH,ro` (or `PATH,rw`).
+    /// `PATH[,ro|,rw][,serial=ID]`; options come after the path, so a path may hold commas.
     fn from_str(s: &str) -> Result<Self, String> {
-        let (path, opt) = match s.rsplit_once(',') {
-            Some((p, o)) if o == "ro" || o == "rw" => (p, Some(o)),
-            _ => (s, None),
-        };
+        let mut path = s;
+        let mut read_only = false;
+        let mut serial = None;
+        loop {
+            match path.rsplit_once(',') {
+                Some((p, "ro")) => (path, read_only) = (p, true),
+                Some((p, "rw")) => path = p,
+                Some((p, o)) if o.starts_with("serial=") => {
+                    let id = &o["serial=".len()..];
+                    if id.is_empty() || id.len() > MAX_DISK_SERIAL || !id.is_ascii() {
+                        return Err(format!(
+                            "disk serial {id:?} must be 1 to {MAX_DISK_SERIAL} ASCII characters"
+                        ));
+                    }
+                    serial.get_or_insert_with(|| id.to_string());
+                    path = p;
+                }
+                _ => break,
+            }
+        }
         if path.is_empty() {
-            return Err("empty disk path; use PATH or PATH,ro".into());
+            return Err("empty disk path; use PATH[,ro][,serial=ID]".into());
         }
         Ok(DiskConfig {
             path: PathBuf::from(path),
-            read_only: opt == Some("ro"),
+            read_only,
+            serial,
         })
     }
 }
@@ -81,11 +104,19 @@ impl std::str::FromStr for VsockConfig {
     }
 }
 
-/// A virtio-net device with a QEMU `-netdev stream` backend (e.g. `usernet stream`).
+/// Where a virtio-net device's frames go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetBackend {
+    /// A QEMU `-netdev stream` unix socket the VMM connects to (e.g. `usernet stream`).
+    Stream(PathBuf),
+    /// usernet's NAT in this process (no extra process; frames cross a socket pair).
+    User,
+}
+
+/// A virtio-net device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConfig {
-    /// The backend's unix socket (the VMM connects to it).
-    pub socket: PathBuf,
+    pub backend: NetBackend,
     pub mac: [u8; 6],
 }
 
@@ -114,22 +145,25 @@ fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 
 impl std::str::FromStr for NetConfig {
     type Err = String;
-    /// `stream:PATH` or `stream:PATH,mac=52:54:00:12:34:56`.
+    /// `user`, `stream:PATH`, each optionally followed by `,mac=52:54:00:12:34:56`.
     fn from_str(s: &str) -> Result<Self, String> {
-        let rest = s
-            .strip_prefix("stream:")
-            .ok_or_else(|| format!("expected stream:PATH[,mac=MAC], got {s:?}"))?;
-        let (path, mac) = match rest.rsplit_once(",mac=") {
+        let (spec, mac) = match s.rsplit_once(",mac=") {
             Some((p, m)) => (p, parse_mac(m)?),
-            None => (rest, DEFAULT_MAC),
+            None => (s, DEFAULT_MAC),
         };
-        if path.is_empty() {
-            return Err("empty network socket path; use stream:PATH".into());
-        }
-        Ok(NetConfig {
-            socket: PathBuf::from(path),
-            mac,
-        })
+        let backend = if spec == "user" {
+            NetBackend::User
+        } else if let Some(path) = spec.strip_prefix("stream:") {
+            if path.is_empty() {
+                return Err("empty network socket path; use stream:PATH".into());
+            }
+            NetBackend::Stream(PathBuf::from(path))
+        } else {
+            return Err(format!(
+                "expected user or stream:PATH (then ,mac=MAC), got {s:?}"
+            ));
+        };
+        Ok(NetConfig { backend, mac })
     }
 }
 
@@ -154,6 +188,8 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// virtio-net, if wanted.
     pub net: Option<NetConfig>,
+    /// Show the CPU's virtualization extensions to the guest (a KVM inside the VM).
+    pub nested: bool,
 }
 
 impl VmConfig {
@@ -170,6 +206,7 @@ impl VmConfig {
             rng: true,
             vsock: None,
             net: None,
+            nested: false,
         }
     }
 }
@@ -185,13 +222,25 @@ mod tests {
             d,
             DiskConfig {
                 path: "/a/b.img".into(),
-                read_only: true
+                read_only: true,
+                serial: None,
             }
         );
         let d: DiskConfig = "/a/b,c.img".parse().unwrap();
         assert_eq!(d.path, PathBuf::from("/a/b,c.img"));
         assert!(!d.read_only);
         assert!(",ro".parse::<DiskConfig>().is_err());
+        let n: NetConfig = "user,mac=52:54:00:00:00:01".parse().unwrap();
+        assert_eq!((n.backend, n.mac[5]), (NetBackend::User, 1));
+        let d: DiskConfig = "/d/data.img,serial=vmctl-data,ro".parse().unwrap();
+        assert_eq!(
+            (d.path, d.read_only, d.serial.as_deref()),
+            ("/d/data.img".into(), true, Some("vmctl-data"))
+        );
+        assert!("/x,serial=".parse::<DiskConfig>().is_err());
+        assert!("/x,serial=123456789012345678901"
+            .parse::<DiskConfig>()
+            .is_err());
     }
 
     #[test]
@@ -207,11 +256,11 @@ mod tests {
     fn test_net_config_parses_stream_path_and_mac() {
         let n: NetConfig = "stream:/run/n.sock".parse().unwrap();
         assert_eq!(
-            (n.socket, n.mac),
-            (PathBuf::from("/run/n.sock"), DEFAULT_MAC)
+            (n.backend, n.mac),
+            (NetBackend::Stream("/run/n.sock".into()), DEFAULT_MAC)
         );
         let n: NetConfig = "stream:/a,b.sock,mac=02:00:0a:0B:ff:01".parse().unwrap();
-        assert_eq!(n.socket, PathBuf::from("/a,b.sock"));
+        assert_eq!(n.backend, NetBackend::Stream("/a,b.sock".into()));
         assert_eq!(n.mac, [2, 0, 0x0a, 0x0b, 0xff, 1]);
         for bad in [
             "/x",
@@ -222,6 +271,8 @@ mod tests {
             "stream:/x,mac=52:54:00:12:34:56:78",
             "stream:/x,mac=52:54:00:12:34:zz",
             "stream:/x,mac=52:54:00:12:34:5",
+            "users",
+            "user,mac=01:00:00:00:00:00",
         ] {
             assert!(bad.parse::<NetConfig>().is_err(), "{bad}");
         }

@@ -32,7 +32,9 @@ use std::time::Duration;
 
 use vm_memory::GuestMemoryMmap;
 
-pub use config::{DiskConfig, NetConfig, SerialConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE};
+pub use config::{
+    DiskConfig, NetBackend, NetConfig, SerialConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE,
+};
 
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::{self, SerialDevice};
@@ -46,10 +48,57 @@ use crate::hv::{self, HvError};
 use crate::sys::event::{EventNotifier, Poller};
 
 /// How the VM ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum VmExit {
+    /// The guest reset the machine (a reboot).
     Reset,
     PowerOff,
+    /// The guest kernel panicked (seen on COM1) and then reset the machine (`panic=N`).
+    Panic,
+}
+
+/// What `vmm --exit-report PATH` writes when it ends: how the VM ended, for a supervisor that
+/// runs `vmm` as a child process (one JSON object).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "exit", rename_all = "kebab-case")]
+pub enum ExitReport {
+    /// The guest ended the VM.
+    Guest { how: VmExit },
+    /// The guest crashed the vCPU (triple fault, emulation failure): the vCPU state.
+    Crashed { detail: String },
+    /// The VM could not start or the VMM failed: the cause.
+    Error { detail: String },
+}
+
+/// The line COM1 shows when the guest kernel panics.
+const PANIC_MARK: &[u8] = b"Kernel panic - not syncing";
+
+/// Passes COM1 output on and remembers whether the guest kernel said it panicked.
+struct PanicWatch {
+    out: legacy::SerialOut,
+    tail: Vec<u8>,
+    seen: Arc<AtomicBool>,
+}
+
+impl Write for PanicWatch {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !self.seen.load(Ordering::Relaxed) {
+            // Keep the last bytes so a mark split across writes is still found.
+            self.tail.extend_from_slice(buf);
+            if self.tail.windows(PANIC_MARK.len()).any(|w| w == PANIC_MARK) {
+                self.seen.store(true, Ordering::SeqCst);
+            }
+            let keep = PANIC_MARK.len().saturating_sub(1);
+            let cut = self.tail.len().saturating_sub(keep);
+            self.tail.drain(..cut);
+        }
+        self.out.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
 }
 
 /// Why the VM could not start or did not end cleanly.
@@ -148,6 +197,9 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit, BuiltinError> {
         log::info!("{}: {note}", hypervisor.name());
     }
     let vm = hypervisor.create_vm()?;
+    if cfg.nested && !vm.set_nested_virt(true)? {
+        return Err(BuiltinError::Unsupported("nested virtualization"));
+    }
     let mem =
         GuestMemoryMmap::<()>::from_ranges(&machine::ram_ranges(mem_size)?).map_err(|source| {
             BuiltinError::Memory {
@@ -171,6 +223,12 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit, BuiltinError> {
         SerialConfig::File(p) => Box::new(open_output("serial log", p)?),
         SerialConfig::None => Box::new(std::io::sink()),
     };
+    let panicked = Arc::new(AtomicBool::new(false));
+    let serial_out = Box::new(PanicWatch {
+        out: serial_out,
+        tail: Vec::new(),
+        seen: panicked.clone(),
+    });
     let serial = machine::add_legacy(vm.as_ref(), &mut buses, serial_out, &exit)?;
 
     // virtio devices, announced on the command line (x86_64) or in the device tree (arm64).
@@ -178,7 +236,7 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit, BuiltinError> {
     for (i, d) in cfg.disks.iter().enumerate() {
         devices.push((
             format!("virtio-blk{i}"),
-            Box::new(Block::open(&d.path, d.read_only)?),
+            Box::new(Block::open(&d.path, d.read_only, d.serial.as_deref())?),
         ));
     }
     if cfg.rng {
@@ -188,10 +246,11 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit, BuiltinError> {
         devices.push(("virtio-vsock".into(), vsock_device(v)?));
     }
     if let Some(n) = &cfg.net {
-        devices.push((
-            "virtio-net".into(),
-            Box::new(Net::connect(&n.socket, n.mac)?),
-        ));
+        let net = match &n.backend {
+            NetBackend::Stream(path) => Net::connect(path, n.mac)?,
+            NetBackend::User => Net::with_stream(usernet_in_process()?, n.mac)?,
+        };
+        devices.push(("virtio-net".into(), Box::new(net)));
     }
     if let Some(p) = &cfg.console {
         let out: Arc<Mutex<dyn Write + Send>> =
@@ -258,7 +317,31 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit, BuiltinError> {
     }
     let _ = serial.lock().map(|mut s| s.uart.writer_mut().flush());
     drop(mem);
-    result
+    match result {
+        Ok(VmExit::Reset) if panicked.load(Ordering::SeqCst) => Ok(VmExit::Panic),
+        r => r,
+    }
+}
+
+/// Starts usernet's NAT on a thread of this process and returns the VMM's end of the socket
+/// pair that carries the frames. The NAT ends when the device closes its end.
+fn usernet_in_process() -> Result<std::os::unix::net::UnixStream, BuiltinError> {
+    let (vmm_end, net_end) =
+        std::os::unix::net::UnixStream::pair().map_err(BuiltinError::EventLoop)?;
+    // The device has no MRG_RXBUF: frames towards the guest must fit a 1514-byte buffer.
+    let config = usernet::Config {
+        mtu: crate::devices::virtio::net::MTU.into(),
+        ..Default::default()
+    };
+    std::thread::Builder::new()
+        .name("usernet".into())
+        .spawn(move || {
+            if let Err(e) = usernet::stream::serve_connected(net_end, config) {
+                log::error!("usernet: {e}");
+            }
+        })
+        .map_err(BuiltinError::EventLoop)?;
+    Ok(vmm_end)
 }
 
 #[cfg(target_os = "linux")]

@@ -3,7 +3,7 @@
 //! x86_64 only for now: in-kernel LAPIC/IOAPIC/PIC and PIT, irqfd for device interrupts and
 //! ioeventfd for virtio queue notifications, so neither costs a userspace exit.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Once};
 
 use kvm_bindings::{
@@ -62,23 +62,14 @@ impl Kvm {
     }
 }
 
-/// True when `/dev/kvm` is PVM (a page-table-based KVM without VT-x/SVM), which cannot boot an
-/// unmodified Linux kernel: its guest kernel mode is emulated instruction by instruction.
-pub fn is_pvm() -> bool {
-    std::path::Path::new("/sys/module/kvm_pvm").exists()
-}
-
 impl Hypervisor for Kvm {
     fn name(&self) -> &'static str {
         "kvm"
     }
 
     fn limitation(&self) -> Option<String> {
-        is_pvm().then(|| {
-            "/dev/kvm is PVM (kvm_pvm): guest kernel code is emulated, an unmodified Linux \
-             kernel cannot boot on it"
-                .to_string()
-        })
+        let host = super::probe::probe();
+        (host == super::probe::HostHypervisor::Pvm).then(|| host.describe())
     }
 
     fn create_vm(&self) -> Result<Arc<dyn Vm>, HvError> {
@@ -106,6 +97,7 @@ impl Hypervisor for Kvm {
             fd,
             cpuid,
             next_slot: AtomicU64::new(0),
+            nested: AtomicBool::new(false),
         }))
     }
 }
@@ -114,9 +106,16 @@ struct KvmVm {
     fd: VmFd,
     cpuid: CpuId,
     next_slot: AtomicU64,
+    /// Whether vCPUs see VMX/SVM (when the host KVM offers them: its `nested` parameter).
+    nested: AtomicBool,
 }
 
 impl Vm for KvmVm {
+    fn set_nested_virt(&self, on: bool) -> Result<bool, HvError> {
+        self.nested.store(on, Ordering::SeqCst);
+        Ok(true)
+    }
+
     fn map_memory(&self, mem: &GuestMemoryMmap) -> Result<(), HvError> {
         for region in mem.iter() {
             let slot = self.next_slot.fetch_add(1, Ordering::Relaxed);
@@ -146,7 +145,7 @@ impl Vm for KvmVm {
             .create_vcpu(u64::from(index))
             .map_err(|e| HvError::op("KVM_CREATE_VCPU", e))?;
         let mut cpuid = self.cpuid.clone();
-        patch_cpuid(&mut cpuid, index, count);
+        patch_cpuid(&mut cpuid, index, count, self.nested.load(Ordering::SeqCst));
         fd.set_cpuid2(&cpuid)
             .map_err(|e| HvError::op("KVM_SET_CPUID2", e))?;
         set_lint(&fd)?;
@@ -234,7 +233,9 @@ struct KvmVcpu {
 }
 
 /// Sets the APIC id of this vCPU in CPUID and says we are a hypervisor guest.
-fn patch_cpuid(cpuid: &mut CpuId, index: u8, count: u8) {
+fn patch_cpuid(cpuid: &mut CpuId, index: u8, count: u8, nested: bool) {
+    const VMX: u32 = 1 << 5; // CPUID.1:ECX
+    const SVM: u32 = 1 << 2; // CPUID.80000001h:ECX
     for entry in cpuid.as_mut_slice() {
         match entry.function {
             1 => {
@@ -243,7 +244,11 @@ fn patch_cpuid(cpuid: &mut CpuId, index: u8, count: u8) {
                     | (u32::from(index) << 24)
                     | (u32::from(count.max(1)) << 16);
                 entry.ecx |= 1 << 31; // hypervisor present
+                if !nested {
+                    entry.ecx &= !VMX;
+                }
             }
+            0x8000_0001 if !nested => entry.ecx &= !SVM,
             0xb => entry.edx = u32::from(index), // x2APIC id
             _ => {}
         }

@@ -9,6 +9,7 @@ pub mod kvm;
 // hvf and whp hold platform-neutral decoding (unit-tested on every host); their FFI and
 // backend submodules are cfg'd to macOS and Windows inside.
 pub mod hvf;
+pub mod probe;
 pub mod whp;
 
 use std::sync::Arc;
@@ -170,6 +171,11 @@ pub trait Vm: Send + Sync {
         value: Option<u32>,
         notifier: &Notifier,
     ) -> Result<bool, HvError>;
+    /// Shows (or hides) the CPU's virtualization extensions to vCPUs created after this call,
+    /// so the guest can run a hypervisor of its own. `Ok(false)` when the backend cannot.
+    fn set_nested_virt(&self, _on: bool) -> Result<bool, HvError> {
+        Ok(false)
+    }
 }
 
 /// An available hypervisor.

@@ -48,7 +48,7 @@ pub fn kvm_unavailable() -> Option<String> {
 
 /// True on a PVM host (kvm_pvm): guest kernel-mode code is emulated there.
 pub fn is_pvm() -> bool {
-    Path::new("/sys/module/kvm_pvm").exists()
+    vmm::hv::probe::probe() == vmm::hv::probe::HostHypervisor::Pvm
 }
 
 /// Returns false (after printing the skip line) when the VMM cannot run guests here.

@@ -52,7 +52,9 @@ pub struct Block {
 }
 
 impl Block {
-    pub fn open(path: &Path, read_only: bool) -> Result<Self, BlockError> {
+    /// Opens the disk image; `serial` is the ID the guest reads (`/sys/block/vdX/serial`),
+    /// the file name when `None`; either is cut to 20 bytes.
+    pub fn open(path: &Path, read_only: bool, serial: Option<&str>) -> Result<Self, BlockError> {
         let err = |source| BlockError::Open {
             path: path.display().to_string(),
             source,
@@ -63,12 +65,12 @@ impl Block {
             .open(path)
             .map_err(err)?;
         let len = disk.metadata().map_err(err)?.len();
-        // The serial the guest sees (/sys/block/vdX/serial): the file name, cut to 20 bytes.
         let mut id = [0u8; VIRTIO_BLK_ID_BYTES as usize];
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = serial.map(str::to_string).unwrap_or_else(|| {
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
         let n = name.len().min(id.len());
         id[..n].copy_from_slice(&name.as_bytes()[..n]);
         Ok(Block {

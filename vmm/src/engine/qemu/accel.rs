@@ -25,35 +25,19 @@ pub struct AccelChoice {
     pub reason: String,
 }
 
-/// Decide from what `root` (normally `/`) shows: `/dev/kvm` usable, and not PVM.
+/// Decide from what `root` (normally `/`) shows: KVM when it boots Linux, else TCG.
 pub fn choose_in(root: &Path) -> AccelChoice {
-    let kvm = root.join("dev/kvm");
-    let tcg = |reason: String| AccelChoice {
-        accel: Accel::Tcg,
-        reason,
-    };
-    if !kvm.exists() {
-        return tcg("no /dev/kvm: using TCG (software emulation)".into());
-    }
-    if root.join("sys/module/kvm_pvm").exists() {
-        return tcg(
-            "/dev/kvm is PVM (kvm_pvm loaded), which cannot boot an unmodified Linux kernel: \
-             using TCG (software emulation)"
-                .into(),
-        );
-    }
-    if let Err(e) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&kvm)
-    {
-        return tcg(format!(
-            "cannot open /dev/kvm ({e}): using TCG (software emulation)"
-        ));
-    }
-    AccelChoice {
-        accel: Accel::Kvm,
-        reason: "hardware KVM available: using KVM".into(),
+    let host = crate::hv::probe::probe_in(root);
+    if host.boots_linux() {
+        AccelChoice {
+            accel: Accel::Kvm,
+            reason: format!("{}: using KVM", host.describe()),
+        }
+    } else {
+        AccelChoice {
+            accel: Accel::Tcg,
+            reason: format!("{}: using TCG (software emulation)", host.describe()),
+        }
     }
 }
 

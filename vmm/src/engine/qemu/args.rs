@@ -79,6 +79,11 @@ pub struct QemuConfig {
     pub qmp_socket: Option<PathBuf>,
     /// Machine type; `None` picks [`Machine::for_accel`].
     pub machine: Option<Machine>,
+    /// Give the guest the CPU's virtualization extensions (a KVM inside the VM): SVM with
+    /// nested paging under TCG, the host's VMX/SVM on KVM (when its `nested` is on).
+    pub nested: bool,
+    /// The whole kernel command line, replacing [`cmdline`]'s (vmctl builds its own).
+    pub cmdline: Option<String>,
 }
 
 impl QemuConfig {
@@ -98,6 +103,8 @@ impl QemuConfig {
             fs_shares: Vec::new(),
             qmp_socket: None,
             machine: None,
+            nested: false,
+            cmdline: None,
         }
     }
 }
@@ -107,6 +114,9 @@ pub const DATA_DISK_SERIAL: &str = "vmctl-data";
 
 /// The kernel command line.
 pub fn cmdline(cfg: &QemuConfig) -> String {
+    if let Some(c) = &cfg.cmdline {
+        return c.clone();
+    }
     let mut words: Vec<String> = [
         "console=ttyS0",
         "root=/dev/vda",
@@ -144,6 +154,17 @@ fn path(p: &std::path::Path) -> String {
 const TCG_CPU: &str =
     "max,la57=off,avx=off,avx2=off,fma=off,f16c=off,vaes=off,vpclmulqdq=off,avx512f=off";
 
+/// The `-cpu` value: the host's CPU on KVM, [`TCG_CPU`] under TCG; the virtualization
+/// extensions only with `nested`, so a guest has a /dev/kvm exactly when asked for.
+fn cpu_model(accel: Accel, nested: bool) -> String {
+    match (accel, nested) {
+        (Accel::Kvm, true) => "host".into(),
+        (Accel::Kvm, false) => "host,vmx=off,svm=off".into(),
+        (Accel::Tcg, true) => format!("{TCG_CPU},svm=on,npt=on"),
+        (Accel::Tcg, false) => format!("{TCG_CPU},svm=off"),
+    }
+}
+
 /// The argument vector (without the program).
 pub fn build(cfg: &QemuConfig, accel: Accel) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
@@ -175,7 +196,7 @@ pub fn build(cfg: &QemuConfig, accel: Accel) -> Vec<String> {
     // TCG emulation is new in QEMU 7.2. With them on, guest kernels here hit slab corruption
     // under load a few times (after a guest reboot, in the middle of `docker run`); guests
     // only lose vector speed-ups they cannot have at TCG speed anyway.
-    push(&["-cpu", if accel == Accel::Kvm { "host" } else { TCG_CPU }]);
+    push(&["-cpu", &cpu_model(accel, cfg.nested)]);
     push(&["-m", &mem, "-smp", &cfg.cpus.to_string()]);
     push(&[
         "-object",
@@ -343,5 +364,19 @@ mod tests {
             a.contains("stream,id=net0,server=off,addr.type=unix,addr.path=/i/net.sock"),
             "{a}"
         );
+    }
+
+    #[test]
+    fn test_cpu_model_has_virtualization_only_when_nested() {
+        assert_eq!(cpu_model(Accel::Kvm, false), "host,vmx=off,svm=off");
+        assert_eq!(cpu_model(Accel::Kvm, true), "host");
+        assert!(cpu_model(Accel::Tcg, true).ends_with(",svm=on,npt=on"));
+        assert!(cpu_model(Accel::Tcg, false).ends_with(",svm=off"));
+        let mut c = cfg();
+        c.nested = true;
+        c.cmdline = Some("console=ttyS0 x=1".into());
+        let a = build(&c, Accel::Tcg).join(" ");
+        assert!(a.contains("svm=on,npt=on"), "{a}");
+        assert!(a.contains("-append console=ttyS0 x=1 "), "{a}");
     }
 }
