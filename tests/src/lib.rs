@@ -181,3 +181,33 @@ pub fn busybox_rootfs_tar(
     assert!(out.ok(), "tar: {out:?}");
     tar
 }
+
+/// A busybox initramfs (cpio newc, packed by cpio(1)) whose `/init` runs `script` with
+/// busybox's sh; written to `dir/initramfs.cpio`.
+pub fn busybox_initramfs(dir: &Path, script: &str) -> PathBuf {
+    let root = dir.join("initramfs-root");
+    for d in ["bin", "dev", "proc", "sys"] {
+        std::fs::create_dir_all(root.join(d)).expect("mkdir");
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("copy busybox");
+    let init = root.join("init");
+    std::fs::write(
+        &init,
+        format!("#!/bin/busybox sh\n/bin/busybox --install -s /bin\nmount -t proc proc /proc\n{script}\n"),
+    )
+    .expect("write init");
+    std::fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod init");
+    let out = dir.join("initramfs.cpio");
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd '{}' && find . | cpio -o -H newc --quiet > '{}'",
+            root.display(),
+            out.display()
+        ))
+        .status()
+        .expect("run cpio");
+    assert!(status.success(), "cpio failed");
+    out
+}

@@ -54,6 +54,31 @@ fn ping(sock: &std::path::Path) -> bool {
         .unwrap_or(false)
 }
 
+/// The kernel and root image: `$VMCTL_KERNEL`/`$VMCTL_ROOTFS` when set (a kernel or image
+/// of the user's own, or prebuilt ones handed to a VM that runs vmctl itself), else the
+/// project's, built and cached on first use.
+fn guest_assets(total: u32, agent: Option<PathBuf>) -> anyhow::Result<Assets> {
+    let given = |var: &str| -> anyhow::Result<Option<PathBuf>> {
+        match std::env::var_os(var).map(PathBuf::from) {
+            Some(p) if p.is_file() => Ok(Some(p)),
+            Some(p) => bail!("${var} names {}, which is not a file; unset it to use vmctl's own", p.display()),
+            None => Ok(None),
+        }
+    };
+    let progress = |msg: &str| eprintln!("      {msg}");
+    step(1, total, "guest kernel");
+    let kernel = match given("VMCTL_KERNEL")? {
+        Some(k) => k,
+        None => kernel::ensure(&progress)?.bzimage,
+    };
+    step(2, total, "root image");
+    let rootfs = match given("VMCTL_ROOTFS")? {
+        Some(r) => r,
+        None => rootfs::ensure(&super::image::agent_path(agent)?, &progress)?.image,
+    };
+    Ok(Assets { kernel, rootfs })
+}
+
 pub fn start(name: &NameArg, a: StartArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let inst = Instance::new(&name.name)?;
@@ -115,15 +140,7 @@ pub fn start(name: &NameArg, a: StartArgs) -> anyhow::Result<()> {
     eprintln!("vmctl: engine {} ({why})", engine.as_str());
 
     let total = 4;
-    step(1, total, "guest kernel");
-    let progress = |msg: &str| eprintln!("      {msg}");
-    let k = kernel::ensure(&progress)?;
-    step(2, total, "root image");
-    let r = rootfs::ensure(&super::image::agent_path(a.agent)?, &progress)?;
-    let assets = Assets {
-        kernel: k.bzimage,
-        rootfs: r.image,
-    };
+    let assets = guest_assets(total, a.agent)?;
 
     step(
         3,

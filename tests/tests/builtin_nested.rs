@@ -1,0 +1,248 @@
+//! The builtin engine with real Linux, in the nested-KVM test bed.
+//!
+//! This machine's `/dev/kvm` is PVM, which cannot boot an unmodified Linux kernel. So the test
+//! starts an outer vmctl VM on the qemu engine with `--nested`: under TCG QEMU emulates AMD-V
+//! with nested paging, and the guest kernel (ours, KVM built in) has a real KVM. The
+//! checkout's programs, the guest kernel and the root image are shared into it read-only, and
+//! inside it, through `vmctl exec`:
+//! 1. `vmm` boots the project's kernel with a busybox initramfs to `/init` and exits on the
+//!    guest's reboot (the Linux boot path of the builtin VMM);
+//! 2. `vmctl start --engine builtin` runs the full Docker VM (same kernel, root image and
+//!    agent as the qemu engine); the guest's `docker` CLI drives it through the forwarded
+//!    socket: `docker run` with a bind mount over virtio-fs, a published port reached from the
+//!    outer machine, `vmctl exec`, stop, start again with the image and a named volume intact.
+//!
+//! Everything inside runs at TCG speed twice over; the test prints how long each step took.
+
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use vmctl_tests::cli_env::{busybox_tar, Env, STEP};
+use vmctl_tests::{assets_or_skip, have, skip};
+
+/// Where the outer VM sees what the test shares into it.
+const BIN: &str = "/opt/vmctl/bin";
+const KERNEL_DIR: &str = "/opt/vmctl/kernel";
+const ROOTFS_DIR: &str = "/opt/vmctl/rootfs";
+const SCRATCH: &str = "/mnt/scratch";
+/// The inner instance lives on the outer VM's data disk (ext4), not on a share.
+const INNER_HOME: &str = "/var/lib/docker/vmctl-inner";
+
+/// Runs a shell command in the outer VM; returns (exit code, stdout+stderr).
+fn outer_sh(env: &Env, script: &str, timeout: Duration) -> (Option<i32>, String) {
+    let out = env.vmctl(&["exec", "--", "sh", "-c", script], timeout);
+    (out.code, format!("{}{}", out.stdout, out.stderr))
+}
+
+/// Like [`outer_sh`], failing the test with the output (and the inner logs) on an error.
+fn outer_ok(env: &Env, what: &str, script: &str, timeout: Duration) -> String {
+    let t = Instant::now();
+    let (code, out) = outer_sh(env, script, timeout);
+    if code != Some(0) {
+        let (_, logs) = outer_sh(
+            env,
+            &format!(
+                "for f in {INNER_HOME}/default/logs/*.log; do echo \"== $f\"; tail -n 40 \"$f\"; done"
+            ),
+            STEP,
+        );
+        panic!("{what} failed ({code:?}):\n{out}\n--- inner logs ---\n{logs}");
+    }
+    eprintln!("{what}: {:.1} s", t.elapsed().as_secs_f64());
+    out
+}
+
+/// `vmctl` of the checkout as run inside the outer VM, on the inner instance.
+fn inner_vmctl(kernel: &Path, rootfs: &Path, args: &str) -> String {
+    format!(
+        "VMCTL_HOME={INNER_HOME} VMCTL_KERNEL={KERNEL_DIR}/{} VMCTL_ROOTFS={ROOTFS_DIR}/{} {BIN}/vmctl {args}",
+        file_name(kernel),
+        file_name(rootfs)
+    )
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().unwrap().to_string_lossy().into_owned()
+}
+
+fn parent(p: &Path) -> PathBuf {
+    p.parent().unwrap().to_path_buf()
+}
+
+#[test]
+fn test_builtin_engine_runs_linux_and_the_docker_vm_in_the_nested_bed() {
+    if !vmctl_tests::is_root() {
+        skip("needs root (builds the root image with debootstrap)");
+        return;
+    }
+    if !have("docker") {
+        skip("the docker CLI is not installed");
+        return;
+    }
+    let Some(assets) = assets_or_skip() else {
+        return;
+    };
+    let env = Env::new("nested");
+    let scratch = env.home.path().join("scratch");
+    let share = scratch.join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    std::fs::write(share.join("hello.txt"), "file from the outer host").unwrap();
+    let tar = busybox_tar(&scratch);
+    // An HTTP GET of 127.0.0.1:$1 with bash's /dev/tcp (the root image has no curl), retried
+    // for up to a minute while the forward comes up.
+    std::fs::write(
+        scratch.join("get.sh"),
+        "for i in $(seq 1 60); do\n\
+         out=$( (exec 3<>/dev/tcp/127.0.0.1/$1 && printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3) 2>/dev/null )\n\
+         if [ -n \"$out\" ]; then echo \"$out\"; exit 0; fi\n\
+         sleep 1\n\
+         done\n\
+         exit 1\n",
+    )
+    .unwrap();
+    let initramfs = vmctl_tests::busybox_initramfs(
+        &scratch,
+        "echo NESTED-LINUX-BOOTED $(uname -r); reboot -f",
+    );
+
+    // The outer VM: qemu engine, a KVM of its own, room for the inner VM.
+    env.vmctl_ok(&["config", "set", "share_home", "false"], STEP);
+    let mounts = [
+        format!("{}:{BIN}:ro", env.bin.display()),
+        format!("{}:{KERNEL_DIR}:ro", parent(&assets.kernel).display()),
+        format!("{}:{ROOTFS_DIR}:ro", parent(&assets.rootfs).display()),
+        format!("{}:{SCRATCH}", scratch.display()),
+    ];
+    let mut args = vec![
+        "--nested",
+        "--cpus",
+        "2",
+        "--memory",
+        "5GiB",
+        "--disk-size",
+        "16GiB",
+    ];
+    for m in &mounts {
+        args.extend(["--mount", m]);
+    }
+    let took = env.start(&args);
+    eprintln!("outer vmctl start (qemu, TCG, --nested): {:.1} s", took.as_secs_f64());
+
+    // The outer guest has a real KVM.
+    let kvm = outer_ok(
+        &env,
+        "outer /dev/kvm",
+        "test -c /dev/kvm && grep -cw svm /proc/cpuinfo && dmesg | grep -i 'nested' || true",
+        STEP,
+    );
+    assert!(
+        !kvm.trim().starts_with('0'),
+        "the outer guest has no SVM: {kvm}"
+    );
+
+    // 1. The builtin VMM boots the project's kernel to /init and ends on its reboot.
+    let boot = outer_ok(
+        &env,
+        "vmm boots Linux (project kernel + busybox initramfs)",
+        &format!(
+            "{BIN}/vmm --kernel {KERNEL_DIR}/{} --initrd {SCRATCH}/{} --mem 256 --serial stdio \
+             --cmdline 'console=ttyS0 reboot=k panic=-1 pci=off i8042.noaux i8042.nomux \
+             i8042.dumbkbd no_timer_check rdinit=/init' --exit-report {SCRATCH}/boot-exit.json \
+             </dev/null && cat {SCRATCH}/boot-exit.json",
+            file_name(&assets.kernel),
+            file_name(&initramfs),
+        ),
+        Duration::from_secs(300),
+    );
+    assert!(boot.contains("NESTED-LINUX-BOOTED"), "{boot}");
+    assert!(boot.contains(r#""how":"reset""#), "{boot}");
+
+    // 2. The Docker VM on the builtin engine.
+    let ivm = |a: &str| inner_vmctl(&assets.kernel, &assets.rootfs, a);
+    outer_ok(
+        &env,
+        "inner config",
+        &format!(
+            "mkdir -p {INNER_HOME} && {} && {}",
+            ivm("config set share_home false"),
+            ivm("config set engine builtin")
+        ),
+        STEP,
+    );
+    let start = format!(
+        "--cpus 1 --memory 1536MiB --disk-size 4GiB --mount {SCRATCH}/share:/mnt/share"
+    );
+    let out = outer_ok(
+        &env,
+        "inner vmctl start --engine builtin",
+        &ivm(&format!("start {start}")),
+        Duration::from_secs(900),
+    );
+    assert!(out.contains("engine builtin"), "{out}");
+    let status = outer_ok(&env, "inner status", &ivm("status --json"), STEP);
+    assert!(status.contains("builtin on KVM"), "{status}");
+
+    let docker = format!("docker -H unix://{INNER_HOME}/default/docker.sock");
+    outer_ok(
+        &env,
+        "docker import (inner)",
+        &format!("{docker} import {SCRATCH}/{} nested-busybox", file_name(&tar)),
+        Duration::from_secs(300),
+    );
+    // virtio-fs (in-process fs-share): a bind mount of a shared folder.
+    let read = outer_ok(
+        &env,
+        "docker run with a bind mount (inner)",
+        &format!("{docker} run --rm -v /mnt/share:/data nested-busybox cat /data/hello.txt"),
+        Duration::from_secs(300),
+    );
+    assert!(read.contains("file from the outer host"), "{read}");
+    // A named volume, kept across a restart.
+    outer_ok(
+        &env,
+        "docker volume write (inner)",
+        &format!(
+            "{docker} run --rm -v keep:/v nested-busybox sh -c 'echo kept-data > /v/f'"
+        ),
+        Duration::from_secs(300),
+    );
+    // A published port reaches the outer machine's 127.0.0.1.
+    outer_ok(
+        &env,
+        "docker run -p (inner)",
+        &format!(
+            "{docker} run -d --name web -p 18080:80 nested-busybox httpd -f -p 80 -h /www"
+        ),
+        Duration::from_secs(300),
+    );
+    let page = outer_ok(
+        &env,
+        "published port from the outer machine",
+        &format!("bash {SCRATCH}/get.sh 18080"),
+        Duration::from_secs(120),
+    );
+    assert!(page.contains("published port works"), "{page}");
+    let uname = outer_ok(&env, "inner vmctl exec", &ivm("exec -- uname -r"), STEP);
+    assert!(uname.contains("vmctl"), "{uname}");
+
+    // Stop, start again: the image and the volume are still there.
+    outer_ok(&env, "inner vmctl stop", &ivm("stop"), Duration::from_secs(120));
+    outer_ok(
+        &env,
+        "inner vmctl start (second)",
+        &ivm("start"),
+        Duration::from_secs(900),
+    );
+    let kept = outer_ok(
+        &env,
+        "volume after restart (inner)",
+        &format!("{docker} run --rm -v keep:/v nested-busybox cat /v/f"),
+        Duration::from_secs(300),
+    );
+    assert!(kept.contains("kept-data"), "{kept}");
+    outer_ok(&env, "inner vmctl stop (final)", &ivm("stop"), Duration::from_secs(120));
+    env.vmctl_ok(&["stop"], Duration::from_secs(120));
+}
