@@ -52,6 +52,10 @@ mod cli {
         /// connects to (e.g. `usernet stream --socket PATH`).
         #[arg(long, value_name = "stream:PATH[,mac=52:54:00:12:34:56]")]
         net: Option<NetConfig>,
+        /// Add a virtio-balloon device with free page reporting, so memory the guest frees
+        /// is given back to the host.
+        #[arg(long)]
+        balloon: bool,
     }
 
     fn hint(e: &BuiltinError) -> Option<&'static str> {
@@ -103,6 +107,7 @@ mod cli {
             rng: !args.no_rng,
             vsock: args.vsock,
             net: args.net,
+            balloon: args.balloon,
         };
         match builtin::run(&cfg) {
             Ok(exit) => {

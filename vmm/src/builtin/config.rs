@@ -154,6 +154,11 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// virtio-net, if wanted.
     pub net: Option<NetConfig>,
+    /// virtio-balloon with free page reporting: RAM the guest frees goes back to the host.
+    /// Off by default: it only pays off for a long-lived guest whose kernel has the driver
+    /// (the Docker VM should turn it on), costs a fresh host page fault each time the guest
+    /// reuses a reported page, and takes a virtio slot that short-lived VMs do not need.
+    pub balloon: bool,
 }
 
 impl VmConfig {
@@ -170,6 +175,7 @@ impl VmConfig {
             rng: true,
             vsock: None,
             net: None,
+            balloon: false,
         }
     }
 }
