@@ -44,7 +44,8 @@ pub const F_PAGE_POISON: u32 = 4;
 pub const F_REPORTING: u32 = 5;
 
 /// What the device offers: no statistics or hinting queues, so the reporting queue is always
-/// queue 2 (see [`queue_layout`]).
+/// queue 2 (see [`queue_layout`]). Linux's virtio-mmio transport numbers queues the same way
+/// (`vm_find_vqs` gives the next index only to queues the driver creates).
 const OFFERED: u64 = 1 << F_DEFLATE_ON_OOM | 1 << F_REPORTING;
 /// The balloon's unit: inflate PFNs and reported ranges are in 4 KiB pages whatever the host's
 /// or the guest's page size (VIRTIO_BALLOON_PFN_SHIFT).
