@@ -70,6 +70,10 @@ mod cli {
         if let Err(e) = std::fs::write(path, json + "\n") {
             eprintln!("vmm: cannot write the exit report {}: {e}", path.display());
         }
+        /// Add a virtio-balloon device with free page reporting, so memory the guest frees
+        /// is given back to the host.
+        #[arg(long)]
+        balloon: bool,
     }
 
     fn hint(e: &BuiltinError) -> Option<&'static str> {
@@ -122,6 +126,7 @@ mod cli {
             vsock: args.vsock,
             net: args.net,
             nested: args.nested,
+            balloon: args.balloon,
         };
         let exit_report = args.exit_report.as_ref();
         match builtin::run(&cfg) {

@@ -190,6 +190,11 @@ pub struct VmConfig {
     pub net: Option<NetConfig>,
     /// Show the CPU's virtualization extensions to the guest (a KVM inside the VM).
     pub nested: bool,
+    /// virtio-balloon with free page reporting: RAM the guest frees goes back to the host.
+    /// Off by default: it only pays off for a long-lived guest whose kernel has the driver
+    /// (the Docker VM should turn it on), costs a fresh host page fault each time the guest
+    /// reuses a reported page, and takes a virtio slot that short-lived VMs do not need.
+    pub balloon: bool,
 }
 
 impl VmConfig {
@@ -207,6 +212,7 @@ impl VmConfig {
             vsock: None,
             net: None,
             nested: false,
+            balloon: false,
         }
     }
 }

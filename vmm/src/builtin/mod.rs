@@ -38,6 +38,7 @@ pub use config::{
 
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::legacy::{self, SerialDevice};
+use crate::devices::virtio::balloon::Balloon;
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::console::Console;
 use crate::devices::virtio::mmio::{MmioError, MmioTransport, REG_QUEUE_NOTIFY};
@@ -256,6 +257,10 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit, BuiltinError> {
         let out: Arc<Mutex<dyn Write + Send>> =
             Arc::new(Mutex::new(open_output("console log", p)?));
         devices.push(("virtio-console".into(), Box::new(Console::new(out))));
+    }
+    // Last, so turning it on moves no other device's window or IRQ.
+    if cfg.balloon {
+        devices.push(("virtio-balloon".into(), Box::<Balloon>::default()));
     }
     if devices.len() > machine::MAX_VIRTIO_DEVICES {
         return Err(BuiltinError::TooManyDevices(devices.len()));

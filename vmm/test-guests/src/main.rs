@@ -10,6 +10,7 @@
 
 mod apic;
 mod asm;
+mod balloon;
 mod blk;
 mod boot;
 mod devices;
@@ -198,6 +199,18 @@ extern "C" fn guest_main(zero_page: u64) -> ! {
                     _ => net::test_hostile_net(mmio(i), &mut r),
                 },
                 None => r.fail(name, format_args!("no virtio-net device (id 1)")),
+            }
+        }
+    }
+    for name in ["balloon", "balloon_hostile", "balloon_rss"] {
+        if info.wants(name) {
+            match first(balloon::ID_BALLOON) {
+                Some(i) => match name {
+                    "balloon" => balloon::test_balloon(mmio(i), &mut r),
+                    "balloon_hostile" => balloon::test_balloon_hostile(&info, mmio(i), &mut r),
+                    _ => balloon::test_balloon_rss(&info, mmio(i), &mut r),
+                },
+                None => r.fail(name, format_args!("no virtio-balloon device (id 5)")),
             }
         }
     }

@@ -29,6 +29,17 @@ pub fn alloc_pages(n: u64) -> Option<u64> {
     Some(at)
 }
 
+/// Reserves `n` 4 KiB pages without touching them (a test that measures the host's memory
+/// decides itself when they are dirtied); None when RAM runs out.
+pub fn reserve_pages(n: u64) -> Option<u64> {
+    let size = n.checked_mul(4096)?;
+    let at = NEXT.fetch_add(size, Ordering::SeqCst);
+    if at.checked_add(size)? > LIMIT.load(Ordering::SeqCst) {
+        return None;
+    }
+    Some(at)
+}
+
 fn cr3() -> u64 {
     let v: u64;
     // SAFETY: reading CR3 has no side effects.

@@ -74,6 +74,8 @@ impl BuiltinEngine {
             format!("{GUEST_CID},{}", inst.vsock_sock().display()),
             "--exit-report".into(),
             report.display().to_string(),
+            // Memory the guest frees (a container exiting) goes back to the host.
+            "--balloon".into(),
         ];
         for share in &spec.shares {
             progress(&format!("sharing {}", share.host.display()));

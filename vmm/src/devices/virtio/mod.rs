@@ -7,8 +7,12 @@
 //! directly on a queue notification; portable notifiers elsewhere, signalled from the MMIO exit).
 //!
 //! Everything here builds on every host except `vsock`, whose connection muxer polls host unix
-//! sockets with epoll (Linux only).
+//! sockets with epoll (Linux only), and `balloon`, which gives guest RAM back with madvise
+//! (Linux and macOS).
 
+// Releasing guest RAM needs sys::mem (madvise): Linux and macOS.
+#[cfg(any(target_os = "linux", target_os = "macos"))]
+pub mod balloon;
 pub mod block;
 pub mod console;
 pub mod mmio;
@@ -35,6 +39,7 @@ pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_CONSOLE: u32 = 3;
 pub const TYPE_RNG: u32 = 4;
+pub const TYPE_BALLOON: u32 = 5;
 pub const TYPE_VSOCK: u32 = 19;
 
 /// Interrupt status bits.
