@@ -62,6 +62,10 @@ mod cli {
         /// for a supervisor that runs `vmm` as a child process.
         #[arg(long, value_name = "PATH")]
         exit_report: Option<PathBuf>,
+        /// Add a virtio-balloon device with free page reporting, so memory the guest frees
+        /// is given back to the host.
+        #[arg(long)]
+        balloon: bool,
     }
 
     fn report(path: Option<&PathBuf>, r: &builtin::ExitReport) {
@@ -70,10 +74,6 @@ mod cli {
         if let Err(e) = std::fs::write(path, json + "\n") {
             eprintln!("vmm: cannot write the exit report {}: {e}", path.display());
         }
-        /// Add a virtio-balloon device with free page reporting, so memory the guest frees
-        /// is given back to the host.
-        #[arg(long)]
-        balloon: bool,
     }
 
     fn hint(e: &BuiltinError) -> Option<&'static str> {
