@@ -9,7 +9,7 @@ mod cli {
 
     use clap::Parser;
     use vmm::builtin::{
-        self, BuiltinError, DiskConfig, NetConfig, SerialConfig, VmConfig, VsockConfig,
+        self, BuiltinError, DiskConfig, FsConfig, NetConfig, SerialConfig, VmConfig, VsockConfig,
     };
     use vmm::hv::HvError;
 
@@ -52,6 +52,10 @@ mod cli {
         /// connects to (e.g. `usernet stream --socket PATH`).
         #[arg(long, value_name = "stream:PATH[,mac=52:54:00:12:34:56]")]
         net: Option<NetConfig>,
+        /// Share a host folder with virtio-fs under TAG (the guest mounts it with
+        /// `mount -t virtiofs TAG /mnt`); `,ro` makes it read-only. Repeat for more folders.
+        #[arg(long = "fs", value_name = "TAG,DIR[,ro]")]
+        fs: Vec<FsConfig>,
     }
 
     fn hint(e: &BuiltinError) -> Option<&'static str> {
@@ -103,6 +107,7 @@ mod cli {
             rng: !args.no_rng,
             vsock: args.vsock,
             net: args.net,
+            fs: args.fs,
         };
         match builtin::run(&cfg) {
             Ok(exit) => {

@@ -7,10 +7,13 @@
 //! directly on a queue notification; portable notifiers elsewhere, signalled from the MMIO exit).
 //!
 //! Everything here builds on every host except `vsock`, whose connection muxer polls host unix
-//! sockets with epoll (Linux only).
+//! sockets with epoll, and `fs`, whose FUSE server and passthrough (fs-share) are Linux-only.
 
 pub mod block;
 pub mod console;
+// fs-share's FUSE server and passthrough are Linux-only.
+#[cfg(target_os = "linux")]
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod rng;
@@ -36,6 +39,7 @@ pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_CONSOLE: u32 = 3;
 pub const TYPE_RNG: u32 = 4;
 pub const TYPE_VSOCK: u32 = 19;
+pub const TYPE_FS: u32 = 26;
 
 /// Interrupt status bits.
 const INT_USED_RING: u32 = 1;
