@@ -54,14 +54,11 @@ const NUM_REQUEST_QUEUES: u32 = 1;
 /// Errors creating the device.
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
-    #[error("virtio-fs tag must be 1 to {TAG_LEN} bytes, got {0}")]
+    #[error("The virtio-fs tag must be 1 to {TAG_LEN} bytes, got {0}")]
     Tag(usize),
-    #[error("Cannot share {path}")]
-    Share {
-        path: String,
-        #[source]
-        source: PassthroughError,
-    },
+    // The source names the folder.
+    #[error("Cannot set up the virtio-fs share")]
+    Share(#[source] PassthroughError),
     #[error("Cannot map guest memory for the FUSE server: {0}")]
     Memory(String),
 }
@@ -81,10 +78,7 @@ impl Fs {
         }
         let mut cfg = ShareConfig::new(shared_dir);
         cfg.readonly = read_only;
-        let fs = PassthroughFs::new(cfg).map_err(|source| FsError::Share {
-            path: shared_dir.display().to_string(),
-            source,
-        })?;
+        let fs = PassthroughFs::new(cfg).map_err(FsError::Share)?;
         let mut t = [0u8; TAG_LEN];
         t[..tag.len()].copy_from_slice(tag.as_bytes());
         Ok(Fs {
@@ -343,7 +337,7 @@ mod tests {
         ));
         assert!(matches!(
             Fs::new("t", &dir.path().join("missing"), false),
-            Err(FsError::Share { .. })
+            Err(FsError::Share(_))
         ));
     }
 
