@@ -7,8 +7,10 @@
 //! filesystem, and so does `transport::stream` (raw FUSE messages over a byte stream), which
 //! the guest agent uses to serve guest folders to `vmctl mount`.
 //!
-//! Cargo features: `vhost-user` (default: the vhost-user-fs backend and its virtio stack) and
-//! `cli` (default: the `fs-share` binary's clap front end). Without them the library is the
+//! Cargo features: `vhost-user` (default: the vhost-user-fs backend and its virtio stack),
+//! `virtio` (included in `vhost-user`: descriptor-chain request handling only, what the builtin
+//! VMM's in-process virtio-fs device links) and `cli` (default: the `fs-share` binary's clap
+//! front end). Without them the library is the
 //! passthrough, the FUSE server and the `/dev/fuse` and stream transports: what the static
 //! guest agent links.
 //!

@@ -9,7 +9,7 @@ mod cli {
 
     use clap::Parser;
     use vmm::builtin::{
-        self, BuiltinError, DiskConfig, NetConfig, SerialConfig, VmConfig, VsockConfig,
+        self, BuiltinError, DiskConfig, FsConfig, NetConfig, SerialConfig, VmConfig, VsockConfig,
     };
     use vmm::hv::HvError;
 
@@ -66,6 +66,10 @@ mod cli {
         /// is given back to the host.
         #[arg(long)]
         balloon: bool,
+        /// Share a host folder with virtio-fs under TAG (the guest mounts it with
+        /// `mount -t virtiofs TAG /mnt`); `,ro` makes it read-only. Repeat for more folders.
+        #[arg(long = "fs", value_name = "TAG,DIR[,ro]")]
+        fs: Vec<FsConfig>,
     }
 
     fn report(path: Option<&PathBuf>, r: &builtin::ExitReport) {
@@ -127,6 +131,7 @@ mod cli {
             net: args.net,
             nested: args.nested,
             balloon: args.balloon,
+            fs: args.fs,
         };
         let exit_report = args.exit_report.as_ref();
         match builtin::run(&cfg) {

@@ -167,6 +167,51 @@ impl std::str::FromStr for NetConfig {
     }
 }
 
+/// Longest virtio-fs tag (the config space's `tag[36]`).
+pub const FS_TAG_MAX: usize = 36;
+
+/// A host folder shared with virtio-fs: the guest mounts it with `mount -t virtiofs TAG DIR`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsConfig {
+    /// 1 to 36 bytes of printable ASCII other than space and comma.
+    pub tag: String,
+    pub shared_dir: PathBuf,
+    pub read_only: bool,
+}
+
+impl std::str::FromStr for FsConfig {
+    type Err = String;
+    /// `TAG,DIR` or `TAG,DIR,ro` (or `,rw`). DIR may contain commas; the tag may not.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (tag, rest) = s
+            .split_once(',')
+            .ok_or_else(|| format!("expected TAG,DIR[,ro], got {s:?}"))?;
+        if tag.is_empty() || tag.len() > FS_TAG_MAX {
+            return Err(format!(
+                "virtio-fs tag {tag:?} must be 1 to {FS_TAG_MAX} bytes, is {}",
+                tag.len()
+            ));
+        }
+        if !tag.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "virtio-fs tag {tag:?} may hold only printable ASCII without spaces"
+            ));
+        }
+        let (dir, opt) = match rest.rsplit_once(',') {
+            Some((d, o)) if o == "ro" || o == "rw" => (d, Some(o)),
+            _ => (rest, None),
+        };
+        if dir.is_empty() {
+            return Err("empty shared folder; use TAG,DIR[,ro]".into());
+        }
+        Ok(FsConfig {
+            tag: tag.to_string(),
+            shared_dir: PathBuf::from(dir),
+            read_only: opt == Some("ro"),
+        })
+    }
+}
+
 /// The kernel command line used when none is given.
 pub const DEFAULT_CMDLINE: &str =
     "console=ttyS0 reboot=k panic=1 pci=off nomodule i8042.noaux i8042.nomux i8042.dumbkbd";
@@ -195,6 +240,8 @@ pub struct VmConfig {
     /// (the Docker VM should turn it on), costs a fresh host page fault each time the guest
     /// reuses a reported page, and takes a virtio slot that short-lived VMs do not need.
     pub balloon: bool,
+    /// One virtio-fs device per shared folder.
+    pub fs: Vec<FsConfig>,
 }
 
 impl VmConfig {
@@ -213,6 +260,7 @@ impl VmConfig {
             net: None,
             nested: false,
             balloon: false,
+            fs: Vec::new(),
         }
     }
 }
@@ -281,6 +329,37 @@ mod tests {
             "user,mac=01:00:00:00:00:00",
         ] {
             assert!(bad.parse::<NetConfig>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn test_fs_config_parses_tag_dir_and_ro() {
+        let f: FsConfig = "home,/home/me".parse().unwrap();
+        assert_eq!(
+            f,
+            FsConfig {
+                tag: "home".into(),
+                shared_dir: "/home/me".into(),
+                read_only: false
+            }
+        );
+        let f: FsConfig = "data,/srv/a,b,ro".parse().unwrap();
+        assert_eq!(f.shared_dir, PathBuf::from("/srv/a,b"));
+        assert!(f.read_only);
+        let f: FsConfig = "data,/srv/x,rw".parse().unwrap();
+        assert_eq!(f.shared_dir, PathBuf::from("/srv/x"));
+        assert!(!f.read_only);
+        let max = "t".repeat(FS_TAG_MAX);
+        assert_eq!(format!("{max},/d").parse::<FsConfig>().unwrap().tag, max);
+    }
+
+    #[test]
+    fn test_fs_config_bad_tags_and_dirs_refused() {
+        let long = format!("{},/d", "t".repeat(FS_TAG_MAX + 1));
+        for bad in [
+            "", "home", ",/d", "home,", "home,,ro", "a b,/d", "a\0b,/d", "tåg,/d", &long,
+        ] {
+            assert!(bad.parse::<FsConfig>().is_err(), "{bad:?}");
         }
     }
 

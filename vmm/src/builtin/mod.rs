@@ -33,7 +33,8 @@ use std::time::Duration;
 use vm_memory::GuestMemoryMmap;
 
 pub use config::{
-    DiskConfig, NetBackend, NetConfig, SerialConfig, VmConfig, VsockConfig, DEFAULT_CMDLINE,
+    DiskConfig, FsConfig, NetBackend, NetConfig, SerialConfig, VmConfig, VsockConfig,
+    DEFAULT_CMDLINE,
 };
 
 use crate::devices::bus::{Bus, BusError};
@@ -121,6 +122,8 @@ pub enum BuiltinError {
     Net(#[from] NetError),
     #[error(transparent)]
     Vsock(Box<dyn std::error::Error + Send + Sync>),
+    #[error(transparent)]
+    Fs(Box<dyn std::error::Error + Send + Sync>),
     #[error("{0} is not supported on this host")]
     Unsupported(&'static str),
     #[error(transparent)]
@@ -253,6 +256,9 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit, BuiltinError> {
         };
         devices.push(("virtio-net".into(), Box::new(net)));
     }
+    for (i, f) in cfg.fs.iter().enumerate() {
+        devices.push((format!("virtio-fs{i}"), fs_device(f)?));
+    }
     if let Some(p) = &cfg.console {
         let out: Arc<Mutex<dyn Write + Send>> =
             Arc::new(Mutex::new(open_output("console log", p)?));
@@ -360,6 +366,20 @@ fn vsock_device(v: &VsockConfig) -> Result<Box<dyn VirtioDevice>, BuiltinError> 
 #[cfg(not(target_os = "linux"))]
 fn vsock_device(_v: &VsockConfig) -> Result<Box<dyn VirtioDevice>, BuiltinError> {
     Err(BuiltinError::Unsupported("virtio-vsock"))
+}
+
+#[cfg(target_os = "linux")]
+fn fs_device(f: &FsConfig) -> Result<Box<dyn VirtioDevice>, BuiltinError> {
+    use crate::devices::virtio::fs::Fs;
+    let dev =
+        Fs::new(&f.tag, &f.shared_dir, f.read_only).map_err(|e| BuiltinError::Fs(Box::new(e)))?;
+    Ok(Box::new(dev))
+}
+
+/// fs-share's FUSE server and passthrough are Linux-only, so the device exists on Linux only.
+#[cfg(not(target_os = "linux"))]
+fn fs_device(_f: &FsConfig) -> Result<Box<dyn VirtioDevice>, BuiltinError> {
+    Err(BuiltinError::Unsupported("virtio-fs"))
 }
 
 /// Serves host stdin to the console UART until a vCPU reports the VM's end.

@@ -14,6 +14,7 @@ mod balloon;
 mod blk;
 mod boot;
 mod devices;
+mod fs;
 mod fuzz;
 mod hostile;
 mod io;
@@ -211,6 +212,17 @@ extern "C" fn guest_main(zero_page: u64) -> ! {
                     _ => balloon::test_balloon_rss(&info, mmio(i), &mut r),
                 },
                 None => r.fail(name, format_args!("no virtio-balloon device (id 5)")),
+            }
+        }
+    }
+    for name in ["fs", "fs_hostile"] {
+        if info.wants(name) {
+            match first(fs::ID_FS) {
+                Some(i) if name == "fs" => {
+                    fs::test_fs(mmio(i), info.arg("fs_ro") == Some("1"), &mut r)
+                }
+                Some(i) => fs::test_fs_hostile(mmio(i), &mut r),
+                None => r.fail(name, format_args!("no virtio-fs device (id 26)")),
             }
         }
     }

@@ -7,14 +7,17 @@
 //! directly on a queue notification; portable notifiers elsewhere, signalled from the MMIO exit).
 //!
 //! Everything here builds on every host except `vsock`, whose connection muxer polls host unix
-//! sockets with epoll (Linux only), and `balloon`, which gives guest RAM back with madvise
-//! (Linux and macOS).
+//! sockets with epoll (Linux only); `fs`, whose FUSE server and passthrough (fs-share) are
+//! Linux-only; and `balloon`, which gives guest RAM back with madvise (Linux and macOS).
 
 // Releasing guest RAM needs sys::mem (madvise): Linux and macOS.
 #[cfg(any(target_os = "linux", target_os = "macos"))]
 pub mod balloon;
 pub mod block;
 pub mod console;
+// fs-share's FUSE server and passthrough are Linux-only.
+#[cfg(target_os = "linux")]
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod rng;
@@ -41,6 +44,7 @@ pub const TYPE_CONSOLE: u32 = 3;
 pub const TYPE_RNG: u32 = 4;
 pub const TYPE_BALLOON: u32 = 5;
 pub const TYPE_VSOCK: u32 = 19;
+pub const TYPE_FS: u32 = 26;
 
 /// Interrupt status bits.
 const INT_USED_RING: u32 = 1;
