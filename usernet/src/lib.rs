@@ -53,6 +53,8 @@ mod device;
 mod dhcp;
 mod dns;
 pub mod fuzz;
+#[cfg(unix)]
+pub mod hostsock;
 mod icmp;
 mod tcp;
 mod udp;

@@ -117,11 +117,15 @@ impl Peer {
 
 /// Listens on `path` and serves QEMU peers until SIGTERM/SIGINT.
 pub fn run(path: &Path, config: Config) -> Result<(), StreamError> {
-    let _ = std::fs::remove_file(path);
-    let mut listener = UnixListener::bind(path).map_err(|source| StreamError::Listen {
+    let listen_err = |source| StreamError::Listen {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    // Owner-only from the start: a new connection replaces QEMU as the network peer.
+    let std_listener =
+        crate::hostsock::bind_owner_only(path).map_err(|e| listen_err(e.into_io()))?;
+    std_listener.set_nonblocking(true).map_err(listen_err)?;
+    let mut listener = UnixListener::from_std(std_listener);
     let mut net = UserNet::new(config)?;
     net.registry()
         .register(&mut listener, LISTEN_TOKEN, Interest::READABLE)
@@ -143,6 +147,10 @@ pub fn run(path: &Path, config: Config) -> Result<(), StreamError> {
         }
         if ready.contains(&LISTEN_TOKEN) {
             while let Ok((mut s, _)) = listener.accept() {
+                if !crate::hostsock::peer_allowed(std::os::fd::AsFd::as_fd(&s)) {
+                    tracing::warn!("refused a peer of another user; the current peer stays");
+                    continue;
+                }
                 if let Some(mut old) = peer.take() {
                     let _ = net.registry().deregister(&mut old.stream);
                 }
