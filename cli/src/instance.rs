@@ -121,10 +121,12 @@ impl Instance {
         })
     }
 
+    /// Creates the instance directory 0700 (its sockets are the VM's root shell, Docker and
+    /// network; an existing directory is narrowed too) and its logs directory.
     pub fn create_dirs(&self) -> Result<(), InstanceError> {
-        for d in [self.dir.clone(), self.logs_dir()] {
-            std::fs::create_dir_all(&d).map_err(io_err(&d))?;
-        }
+        vmm::hostsock::private_dir_all(&self.dir).map_err(io_err(&self.dir))?;
+        let logs = self.logs_dir();
+        std::fs::create_dir_all(&logs).map_err(io_err(&logs))?;
         Ok(())
     }
 
@@ -317,6 +319,24 @@ pub fn list() -> Vec<Instance> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn test_create_dirs_makes_the_instance_dir_0700() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let d = tempfile::tempdir().expect("tempdir");
+        let inst = Instance {
+            name: "t".into(),
+            dir: d.path().join("vmctl/t"),
+        };
+        inst.create_dirs().expect("create");
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").mode() & 0o777;
+        assert_eq!(mode(&inst.dir), 0o700);
+        // An instance created by an older vmctl (0755) is narrowed on the next start.
+        std::fs::set_permissions(&inst.dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        inst.create_dirs().expect("again");
+        assert_eq!(mode(&inst.dir), 0o700);
+        assert!(inst.logs_dir().is_dir());
+    }
+
     use super::*;
 
     #[test]

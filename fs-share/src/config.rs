@@ -59,10 +59,13 @@ pub struct ShareConfig {
     pub cache: CachePolicy,
     pub owner_map: OwnerMap,
     /// Keep setuid/setgid bits the guest sets on files. Off by default: with a root server a
-    /// guest could otherwise plant a setuid-root binary in the user's home.
+    /// guest could otherwise plant a setuid-root binary in the user's home. Off also means the
+    /// bits are dropped whenever the guest modifies a file's data (as an unprivileged local
+    /// writer would see), whatever the client's kill-priv flags say.
     pub allow_setuid: bool,
-    /// Let the guest create character/block device nodes. Off by default: a device node the
-    /// guest creates would give host users access to host devices.
+    /// Let the guest create character/block device nodes (and overlayfs whiteouts, through
+    /// RENAME_WHITEOUT). Off by default: a device node the guest creates would give host
+    /// users access to host devices.
     pub allow_devices: bool,
     /// Most inodes the guest may hold (each costs ~200 bytes of host memory); beyond it
     /// lookups fail with ENFILE.

@@ -503,3 +503,304 @@ fn test_killpriv_truncate_clears_setuid() {
     fs.release(&ctx(), e.inode, 0, h, false, false, None)
         .expect("release");
 }
+
+fn mode_of(p: &Path) -> u32 {
+    fs::metadata(p).expect("stat").mode() & 0o7777
+}
+
+/// A setuid+setgid executable the *host* put in the share (mode 06755).
+fn host_setuid_file(p: &Path) {
+    fs::write(p, b"#!/bin/sh\necho hi\n").expect("write");
+    fs::set_permissions(p, fs::Permissions::from_mode(0o6755)).expect("chmod");
+    assert_eq!(mode_of(p), 0o6755, "test setup: bits set");
+}
+
+/// Without `allow_setuid`, a truncate drops setuid/setgid even when the client sends no
+/// KILL_SUIDGID (a hostile guest never will; a root server keeps the bits otherwise).
+#[test]
+fn test_truncate_clears_setuid_whatever_the_client_flags() {
+    let fx = Fixture::new();
+    let prog = fx.share.join("prog");
+    host_setuid_file(&prog);
+    let fs = fx.fs(|_| {});
+    let e = fs.lookup(&ctx(), ROOT, c"prog").expect("lookup");
+    let mut attr = e.attr;
+    attr.st_size = 3;
+    fs.setattr(&ctx(), e.inode, attr, None, SetattrValid::SIZE)
+        .expect("truncate by inode");
+    assert_eq!(mode_of(&prog), 0o755, "truncate kept setuid/setgid");
+    assert_eq!(fs::metadata(&prog).expect("stat").len(), 3);
+    // Through an open handle too.
+    host_setuid_file(&prog);
+    let (h, _, _) = fs
+        .open(&ctx(), e.inode, libc::O_RDWR as u32, 0)
+        .expect("open");
+    let h = h.expect("h");
+    fs.setattr(&ctx(), e.inode, attr, Some(h), SetattrValid::SIZE)
+        .expect("ftruncate");
+    assert_eq!(mode_of(&prog), 0o755, "ftruncate kept setuid/setgid");
+    fs.release(&ctx(), e.inode, 0, h, false, false, None)
+        .expect("release");
+    // A share that allows setuid keeps them unless the client asks.
+    host_setuid_file(&prog);
+    let fs2 = fx.fs(|c| c.allow_setuid = true);
+    let e2 = fs2.lookup(&ctx(), ROOT, c"prog").expect("lookup");
+    fs2.setattr(&ctx(), e2.inode, attr, None, SetattrValid::SIZE)
+        .expect("truncate");
+    assert_eq!(mode_of(&prog), 0o6755, "allow_setuid keeps the bits");
+    fx.assert_outside_intact();
+}
+
+/// OPEN and CREATE (of an existing name) with O_TRUNC, and FALLOCATE, drop the bits before
+/// the data changes when setuid is not allowed; a plain open does not.
+#[test]
+fn test_open_create_o_trunc_and_fallocate_clear_setuid_whatever_the_client_flags() {
+    let fx = Fixture::new();
+    let prog = fx.share.join("prog");
+    host_setuid_file(&prog);
+    let fs = fx.fs(|_| {});
+    let e = fs.lookup(&ctx(), ROOT, c"prog").expect("lookup");
+    let (h, _, _) = fs
+        .open(&ctx(), e.inode, (libc::O_WRONLY | libc::O_TRUNC) as u32, 0)
+        .expect("open O_TRUNC");
+    fs.release(&ctx(), e.inode, 0, h.expect("h"), false, false, None)
+        .expect("release");
+    assert_eq!(mode_of(&prog), 0o755, "OPEN O_TRUNC kept setuid/setgid");
+    assert_eq!(fs::metadata(&prog).expect("stat").len(), 0);
+
+    host_setuid_file(&prog);
+    let args = CreateIn {
+        flags: (libc::O_WRONLY | libc::O_TRUNC) as u32,
+        mode: 0o644,
+        umask: 0,
+        fuse_flags: 0,
+    };
+    let (ce, h, _, _) = fs
+        .create(&ctx(), ROOT, c"prog", args)
+        .expect("create existing");
+    fs.release(&ctx(), ce.inode, 0, h.expect("h"), false, false, None)
+        .expect("release");
+    assert_eq!(mode_of(&prog), 0o755, "CREATE O_TRUNC kept setuid/setgid");
+
+    host_setuid_file(&prog);
+    let (h, _, _) = fs
+        .open(&ctx(), e.inode, libc::O_RDWR as u32, 0)
+        .expect("open");
+    let h = h.expect("h");
+    assert_eq!(mode_of(&prog), 0o6755, "a plain open changes nothing");
+    fs.fallocate(&ctx(), e.inode, h, 0, 0, 4096)
+        .expect("fallocate");
+    assert_eq!(mode_of(&prog), 0o755, "FALLOCATE kept setuid/setgid");
+    fs.release(&ctx(), e.inode, 0, h, false, false, None)
+        .expect("release");
+
+    // allow_setuid: kept without the client's flag, dropped with it.
+    host_setuid_file(&prog);
+    let fs2 = fx.fs(|c| c.allow_setuid = true);
+    let e2 = fs2.lookup(&ctx(), ROOT, c"prog").expect("lookup");
+    let trunc = (libc::O_WRONLY | libc::O_TRUNC) as u32;
+    let (h, _, _) = fs2.open(&ctx(), e2.inode, trunc, 0).expect("open");
+    fs2.release(&ctx(), e2.inode, 0, h.expect("h"), false, false, None)
+        .expect("release");
+    assert_eq!(mode_of(&prog), 0o6755);
+    let (h, _, _) = fs2
+        .open(
+            &ctx(),
+            e2.inode,
+            trunc,
+            fs_share::fuse_abi::FOPEN_IN_KILL_SUIDGID,
+        )
+        .expect("open");
+    fs2.release(&ctx(), e2.inode, 0, h.expect("h"), false, false, None)
+        .expect("release");
+    assert_eq!(mode_of(&prog), 0o755);
+    fx.assert_outside_intact();
+}
+
+/// Runs `f` on another thread and fails the test if it has not returned within 5 s (a
+/// server call blocked in open(2) of a FIFO would never return).
+fn within_5s<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .unwrap_or_else(|_| panic!("{what} did not return within 5 s: the server blocked"))
+}
+
+/// CREATE without O_EXCL on a name that exists must look at its type before opening it: a
+/// FIFO the guest made would otherwise block the worker forever (no writer/reader), a device
+/// would be opened on the host.
+#[test]
+fn test_create_on_existing_special_files_is_refused_without_opening_them() {
+    let fx = Fixture::new();
+    let fs = Arc::new(fx.fs(|_| {}));
+    fs.mknod(&ctx(), ROOT, c"fifo", libc::S_IFIFO | 0o666, 0, 0)
+        .expect("guest-made fifo");
+    let _sock = std::os::unix::net::UnixListener::bind(fx.share.join("sock")).expect("bind");
+    fs::create_dir(fx.share.join("dir")).expect("mkdir");
+    std::os::unix::fs::symlink("fifo", fx.share.join("link")).expect("symlink");
+    let mut cases = vec![
+        (c"fifo", libc::O_WRONLY, libc::EACCES),
+        (c"fifo", libc::O_RDONLY, libc::EACCES),
+        (c"fifo", libc::O_RDWR | libc::O_TRUNC, libc::EACCES),
+        (c"sock", libc::O_WRONLY, libc::ENXIO),
+        (c"dir", libc::O_RDONLY, libc::EISDIR),
+        (c"link", libc::O_WRONLY, libc::ELOOP),
+    ];
+    if common::is_root() {
+        let c = std::ffi::CString::new(fx.share.join("null").as_os_str().as_encoded_bytes())
+            .expect("c");
+        // SAFETY: NUL-terminated path; creates /dev/null's twin inside the temp share.
+        let rc = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) };
+        assert_eq!(rc, 0);
+        cases.push((c"null", libc::O_WRONLY, libc::EACCES));
+    } else {
+        common::skip("the host-made device node case needs root (mknod)");
+    }
+    for (name, flags, want) in cases {
+        let fs = fs.clone();
+        let r = within_5s(&format!("CREATE {name:?}"), move || {
+            let args = CreateIn {
+                flags: flags as u32,
+                mode: 0o644,
+                umask: 0,
+                fuse_flags: 0,
+            };
+            fs.create(&ctx(), ROOT, name, args).map(drop)
+        });
+        assert_eq!(
+            r.map_err(errno),
+            Err(want),
+            "CREATE {name:?} flags {flags:#o}"
+        );
+    }
+    assert_eq!(fs.open_file_count(), 0, "nothing was left open");
+    // The server still answers.
+    fs.lookup(&ctx(), ROOT, c"dir").expect("lookup after");
+    fx.assert_outside_intact();
+}
+
+/// RENAME_WHITEOUT makes the host kernel leave a 0:0 character device behind: refused
+/// (EINVAL) unless the share allows device nodes.
+#[test]
+fn test_rename_whiteout_is_refused_unless_devices_are_allowed() {
+    let fx = Fixture::new();
+    fs::write(fx.share.join("a"), b"a").expect("write");
+    let fs = fx.fs(|_| {});
+    let r = fs.rename(&ctx(), ROOT, c"a", ROOT, c"b", libc::RENAME_WHITEOUT);
+    assert_eq!(r.map_err(errno), Err(libc::EINVAL));
+    assert_eq!(fs::read(fx.share.join("a")).expect("a is untouched"), b"a");
+    assert!(!fx.share.join("b").exists());
+    // Combined with another flag it is refused just the same.
+    let r = fs.rename(
+        &ctx(),
+        ROOT,
+        c"a",
+        ROOT,
+        c"b",
+        libc::RENAME_WHITEOUT | libc::RENAME_NOREPLACE,
+    );
+    assert_eq!(r.map_err(errno), Err(libc::EINVAL));
+    if common::is_root() {
+        let fs2 = fx.fs(|c| c.allow_devices = true);
+        fs2.rename(&ctx(), ROOT, c"a", ROOT, c"b", libc::RENAME_WHITEOUT)
+            .expect("allowed with allow_devices");
+        let md = fs::symlink_metadata(fx.share.join("a")).expect("whiteout");
+        assert_eq!(
+            md.mode() & libc::S_IFMT,
+            libc::S_IFCHR,
+            "a whiteout is a chardev"
+        );
+        assert_eq!(md.rdev(), 0);
+        assert_eq!(fs::read(fx.share.join("b")).expect("b"), b"a");
+    } else {
+        common::skip("the allow_devices half needs root (CAP_MKNOD for whiteouts)");
+    }
+    fx.assert_outside_intact();
+}
+
+const FUSE_MKNOD: u32 = 8;
+const FUSE_LOOKUP: u32 = 1;
+const FUSE_OPEN: u32 = 14;
+const FUSE_WRITE: u32 = 16;
+const FUSE_CREATE: u32 = 35;
+
+fn words(ws: &[u32]) -> Vec<u8> {
+    ws.iter().flat_map(|x| x.to_ne_bytes()).collect()
+}
+
+/// A raw client on the stream transport with ONE worker: CREATE of a guest-made FIFO gets an
+/// error reply, and the next request is still served (before the fix it blocked the only
+/// worker forever and the session read timed out).
+#[test]
+fn test_raw_create_on_guest_fifo_does_not_block_the_single_worker() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let share = tmp.path().join("share");
+    fs::create_dir(&share).expect("share");
+    fs::write(share.join("file"), b"x").expect("file");
+    let mut s = common::StreamSession::start(ShareConfig::new(&share), 1);
+    let mut mknod = words(&[libc::S_IFIFO | 0o666, 0, 0, 0]);
+    mknod.extend(common::fuse_name("fifo"));
+    let (err, _) = s.call(FUSE_MKNOD, ROOT, &mknod);
+    assert_eq!(err, 0, "MKNOD fifo");
+    for flags in [libc::O_WRONLY, libc::O_RDONLY] {
+        let mut create = words(&[flags as u32, 0o644, 0, 0]);
+        create.extend(common::fuse_name("fifo"));
+        let (err, _) = s.call(FUSE_CREATE, ROOT, &create);
+        assert_eq!(err, -libc::EACCES, "CREATE fifo flags {flags:#o}");
+    }
+    let (err, body) = s.call(FUSE_LOOKUP, ROOT, &common::fuse_name("file"));
+    assert_eq!(err, 0, "the worker still serves");
+    assert_eq!(
+        common::entry_nodeid_and_mode(&body).1 & libc::S_IFMT,
+        libc::S_IFREG
+    );
+    s.finish().expect("clean end");
+}
+
+/// A raw WRITE without WRITE_KILL_PRIV to a host setuid file: the bits are dropped anyway
+/// when the share does not allow setuid, and kept (unless the client asks) when it does.
+#[test]
+fn test_raw_write_clears_setuid_whatever_the_client_flags() {
+    for allow_setuid in [false, true] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let share = tmp.path().join("share");
+        fs::create_dir(&share).expect("share");
+        let prog = share.join("prog");
+        host_setuid_file(&prog);
+        let mut cfg = ShareConfig::new(&share);
+        cfg.allow_setuid = allow_setuid;
+        let mut s = common::StreamSession::start(cfg, 2);
+        let (err, body) = s.call(FUSE_LOOKUP, ROOT, &common::fuse_name("prog"));
+        assert_eq!(err, 0);
+        let (node, _) = common::entry_nodeid_and_mode(&body);
+        let (err, body) = s.call(FUSE_OPEN, node, &words(&[libc::O_RDWR as u32, 0]));
+        assert_eq!(err, 0, "OPEN");
+        let mut fh = [0u8; 8];
+        fh.copy_from_slice(&body[0..8]);
+        let write = |write_flags: u32| {
+            // fuse_write_in: fh, offset, size, write_flags, lock_owner, flags, padding.
+            let mut w = fh.to_vec();
+            w.extend(0u64.to_ne_bytes());
+            w.extend(words(&[4, write_flags]));
+            w.extend(0u64.to_ne_bytes());
+            w.extend(words(&[0, 0]));
+            w.extend(b"evil");
+            w
+        };
+        let (err, _) = s.call(FUSE_WRITE, node, &write(0));
+        assert_eq!(err, 0, "WRITE");
+        assert_eq!(&fs::read(&prog).expect("read")[..4], b"evil");
+        let want = if allow_setuid { 0o6755 } else { 0o755 };
+        assert_eq!(mode_of(&prog), want, "allow_setuid={allow_setuid}");
+        let (err, _) = s.call(
+            FUSE_WRITE,
+            node,
+            &write(fs_share::fuse_abi::WRITE_KILL_PRIV),
+        );
+        assert_eq!(err, 0, "WRITE kill-priv");
+        assert_eq!(mode_of(&prog), 0o755, "the client's flag is honoured");
+        s.finish().expect("clean end");
+    }
+}

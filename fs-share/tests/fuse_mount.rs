@@ -204,3 +204,39 @@ fn test_mount_pjdfstest_matches_native() {
         "cases passing natively but not on fs-share: {regressions:?}"
     );
 }
+
+/// Through the real kernel FUSE client: a root writer has CAP_FSETID, so the client sends no
+/// kill-priv flag with its WRITE, and before the server-side rule a root server kept the
+/// setuid/setgid bits of a host binary the writer had just rewritten.
+#[test]
+fn test_mount_root_write_to_setuid_file_clears_the_bits() {
+    use std::io::Write;
+    use std::os::unix::fs::MetadataExt;
+    if !can_mount() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let share = tmp.path().join("share");
+    fs::create_dir(&share).expect("mkdir");
+    let prog = share.join("prog");
+    fs::write(&prog, b"#!/bin/sh\n").expect("write");
+    fs::set_permissions(&prog, fs::Permissions::from_mode(0o6755)).expect("chmod");
+    let mnt = tmp.path().join("mnt");
+    let m = FuseMount::start(&share, &mnt, &["--cache", "none"]);
+    let mode = |p: &Path| fs::metadata(p).expect("stat").mode() & 0o7777;
+    assert_eq!(
+        mode(&mnt.join("prog")),
+        0o6755,
+        "bits visible through the mount"
+    );
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(mnt.join("prog"))
+        .expect("open for append");
+    f.write_all(b"echo pwned\n").expect("write");
+    drop(f);
+    assert_eq!(mode(&prog), 0o755, "the host file kept setuid/setgid");
+    assert!(fs::read(&prog).expect("read").ends_with(b"echo pwned\n"));
+    let st = m.unmount_and_wait();
+    assert!(st.success(), "{st}");
+}

@@ -7,12 +7,9 @@
 #![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::symlink;
-use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::Duration;
 
 use fs_share::transport::stream::{self, StreamError};
 use fs_share::{PassthroughFs, ShareConfig};
@@ -20,97 +17,33 @@ use fs_share::{PassthroughFs, ShareConfig};
 mod common;
 use common::Rng;
 
-const INIT: u32 = 26;
 const LOOKUP: u32 = 1;
 const READLINK: u32 = 5;
 const OPEN: u32 = 14;
 const FORGET: u32 = 2;
 
+use common::fuse_init_request as init;
+use common::fuse_name as name;
 use common::fuse_request as request;
+use common::{entry_nodeid_and_mode, StreamSession};
 
-fn init() -> Vec<u8> {
-    let body: Vec<u8> = [7u32, 31, 1 << 17, 0]
-        .iter()
-        .flat_map(|x| x.to_ne_bytes())
-        .collect();
-    request(INIT, 1, 0, &body)
-}
-
-fn name(n: &str) -> Vec<u8> {
-    let mut v = n.as_bytes().to_vec();
-    v.push(0);
-    v
-}
-
-struct Session {
-    _dir: tempfile::TempDir,
-    share: std::path::PathBuf,
-    host: UnixStream,
-    server: Option<JoinHandle<Result<(), StreamError>>>,
-    unique: u64,
-}
+/// The session the tests here use: a share with `file` inside, `secret` next to it and a
+/// symlink `link` -> `../secret`.
+struct Session;
 
 impl Session {
-    fn new(workers: usize) -> Session {
+    #[allow(clippy::new_ret_no_self)]
+    fn new(workers: usize) -> StreamSession {
         let dir = tempfile::tempdir().unwrap();
         let share = dir.path().join("share");
         std::fs::create_dir(&share).unwrap();
         std::fs::write(dir.path().join("secret"), "outside").unwrap();
         std::fs::write(share.join("file"), "inside").unwrap();
         symlink("../secret", share.join("link")).unwrap();
-        let fs = Arc::new(PassthroughFs::new(ShareConfig::new(&share)).unwrap());
-        let (host, guest) = UnixStream::pair().unwrap();
-        host.set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        let input = guest.try_clone().unwrap();
-        let server = std::thread::spawn(move || stream::serve(fs, input, guest, workers));
-        let mut s = Session {
-            _dir: dir,
-            share,
-            host,
-            server: Some(server),
-            unique: 1,
-        };
-        let (err, _) = s.send(&init());
-        assert_eq!(err, 0, "INIT");
+        let mut s = StreamSession::start(ShareConfig::new(&share), workers);
+        s.dir = Some(dir);
         s
     }
-
-    /// Sends one request and reads its whole reply: (error, body).
-    fn send(&mut self, req: &[u8]) -> (i32, Vec<u8>) {
-        self.host.write_all(req).unwrap();
-        let mut hdr = [0u8; 16];
-        self.host.read_exact(&mut hdr).unwrap();
-        let len = u32::from_ne_bytes(hdr[0..4].try_into().unwrap()) as usize;
-        let err = i32::from_ne_bytes(hdr[4..8].try_into().unwrap());
-        let unique = u64::from_ne_bytes(hdr[8..16].try_into().unwrap());
-        let sent = u64::from_ne_bytes(req[8..16].try_into().unwrap());
-        assert_eq!(unique, sent, "reply to another request");
-        let mut body = vec![0u8; len - 16];
-        self.host.read_exact(&mut body).unwrap();
-        (err, body)
-    }
-
-    fn call(&mut self, opcode: u32, nodeid: u64, body: &[u8]) -> (i32, Vec<u8>) {
-        self.unique += 1;
-        let req = request(opcode, self.unique, nodeid, body);
-        self.send(&req)
-    }
-
-    /// Closes the host side; returns how the server ended.
-    fn finish(mut self) -> Result<(), StreamError> {
-        let _ = self.host.shutdown(std::net::Shutdown::Both);
-        self.server.take().unwrap().join().unwrap()
-    }
-}
-
-fn entry_nodeid_and_mode(body: &[u8]) -> (u64, u32) {
-    // fuse_entry_out: nodeid, generation, entry_valid, attr_valid, *_nsec (2×u32), then
-    // fuse_attr: ino, size, blocks, atime, mtime, ctime, *nsec (3×u32), mode.
-    let nodeid = u64::from_ne_bytes(body[0..8].try_into().unwrap());
-    let attr = 40;
-    let mode = u32::from_ne_bytes(body[attr + 60..attr + 64].try_into().unwrap());
-    (nodeid, mode)
 }
 
 #[test]

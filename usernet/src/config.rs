@@ -87,6 +87,18 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], ConfigError> {
     Ok(mac)
 }
 
+/// Cloud instance-metadata endpoints: 169.254.169.254 (AWS, GCP, Azure, OpenStack, Oracle,
+/// DigitalOcean…), 169.254.170.2 (AWS ECS task credentials), 169.254.169.253/123 (AWS DNS
+/// and time, also served on link-local) and 100.100.100.200 (Alibaba Cloud; not
+/// link-local, so listed by itself).
+pub const METADATA_ADDRS: [Ipv4Addr; 5] = [
+    Ipv4Addr::new(169, 254, 169, 254),
+    Ipv4Addr::new(169, 254, 170, 2),
+    Ipv4Addr::new(169, 254, 169, 253),
+    Ipv4Addr::new(169, 254, 169, 123),
+    Ipv4Addr::new(100, 100, 100, 200),
+];
+
 /// Everything a [`crate::UserNet`] needs to know. `Config::default()` is slirp's layout.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -112,6 +124,16 @@ pub struct Config {
     /// NAT to hosts other than the gateway (host loopback) and DNS; `false` makes a
     /// host-only network.
     pub outbound: bool,
+    /// Whether the gateway address reaches the host's loopback (`host_loopback`). Off: the
+    /// guest cannot reach services listening on the host's 127.0.0.1 at all.
+    pub allow_host_loopback: bool,
+    /// NAT to link-local addresses (169.254.0.0/16) of the host's networks. Off by default:
+    /// they are the host's own neighbours (cloud metadata, container-engine and DHCP-less
+    /// peers), nothing a VM needs. IPv6 (fe80::/10 included) is never forwarded.
+    pub allow_link_local: bool,
+    /// NAT to cloud instance-metadata endpoints ([`METADATA_ADDRS`]). Off by default: on a
+    /// cloud host they hand out the host's credentials to anyone who asks.
+    pub allow_metadata: bool,
     /// Verify IPv4/TCP/UDP/ICMP checksums of guest frames (off for a trusted local TAP).
     pub verify_checksums: bool,
     /// The transport tells the guest that checksums are valid (virtio-net
@@ -129,8 +151,11 @@ pub struct Limits {
     pub max_tcp_connections: usize,
     /// Outbound TCP connects in progress (SYN flood bound).
     pub max_pending_connects: usize,
-    /// Receive and send buffer of each guest-side TCP socket, bytes.
+    /// Largest receive and send buffer of one guest-side TCP socket, bytes.
     pub tcp_buffer: usize,
+    /// All TCP socket buffers together, bytes (see `tcp` module docs: buffers shrink towards
+    /// 16 KiB per direction as connections grow; beyond the budget new connections wait).
+    pub tcp_buffer_budget: usize,
     pub max_udp_flows: usize,
     pub udp_idle_timeout: Duration,
     pub max_icmp_flows: usize,
@@ -146,6 +171,7 @@ impl Default for Limits {
             max_tcp_connections: 4096,
             max_pending_connects: 1024,
             tcp_buffer: 512 * 1024,
+            tcp_buffer_budget: 64 << 20,
             max_udp_flows: 1024,
             udp_idle_timeout: Duration::from_secs(60),
             max_icmp_flows: 64,
@@ -169,6 +195,9 @@ impl Default for Config {
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
             forwards: Vec::new(),
             outbound: true,
+            allow_host_loopback: true,
+            allow_link_local: false,
+            allow_metadata: false,
             verify_checksums: true,
             tx_checksum_offload: false,
             limits: Limits::default(),
@@ -189,6 +218,35 @@ impl Config {
     pub fn in_network(&self, addr: Ipv4Addr) -> bool {
         let mask = u32::from(self.netmask());
         u32::from(addr) & mask == u32::from(self.network) & mask
+    }
+
+    /// Maps an address the guest talks to onto the host address to connect to, or `None` when
+    /// the guest may not reach it: the gateway is the host's loopback (unless
+    /// `allow_host_loopback` is off); other guest-network, broadcast, multicast, unspecified
+    /// and loopback destinations are never routed (127.0.0.0/8 only through the gateway, so
+    /// turning that off cannot be bypassed); link-local and metadata addresses only when
+    /// allowed.
+    pub fn host_target(&self, remote: Ipv4Addr) -> Option<Ipv4Addr> {
+        if remote == self.gateway_ip {
+            return self.allow_host_loopback.then_some(self.host_loopback);
+        }
+        if !self.outbound
+            || self.in_network(remote)
+            || remote.is_broadcast()
+            || remote.is_multicast()
+            || remote.is_unspecified()
+            || remote.is_loopback()
+            || remote.octets()[0] == 0
+        {
+            return None;
+        }
+        if METADATA_ADDRS.contains(&remote) {
+            return self.allow_metadata.then_some(remote);
+        }
+        if remote.is_link_local() && !self.allow_link_local {
+            return None;
+        }
+        Some(remote)
     }
 
     /// Checks that the addresses are consistent.
@@ -227,6 +285,66 @@ mod tests {
         for bad in ["tcp:1", "sctp:1:2", "tcp:x:2", "tcp:1:0", "tcp:1:2:3:4", ""] {
             assert!(PortForward::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn test_host_target_blocks_link_local_metadata_and_loopback_by_default() {
+        let c = Config::default();
+        let ip = |s: &str| s.parse::<Ipv4Addr>().expect("ip");
+        assert_eq!(c.host_target(c.gateway_ip), Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(c.host_target(ip("1.1.1.1")), Some(ip("1.1.1.1")));
+        for blocked in [
+            "169.254.169.254",
+            "169.254.170.2",
+            "169.254.0.1",
+            "169.254.255.254",
+            "100.100.100.200",
+            "127.0.0.1",
+            "127.1.2.3",
+            "0.1.2.3",
+            "10.0.2.77",
+            "255.255.255.255",
+            "224.0.0.1",
+        ] {
+            assert_eq!(c.host_target(ip(blocked)), None, "{blocked}");
+        }
+        // 100.64/10 (carrier-grade NAT) is ordinary: only Alibaba's one address is metadata.
+        assert_eq!(
+            c.host_target(ip("100.100.100.201")),
+            Some(ip("100.100.100.201"))
+        );
+
+        let ll = Config {
+            allow_link_local: true,
+            ..Config::default()
+        };
+        assert_eq!(ll.host_target(ip("169.254.0.1")), Some(ip("169.254.0.1")));
+        assert_eq!(
+            ll.host_target(ip("169.254.169.254")),
+            None,
+            "metadata stays blocked"
+        );
+        let md = Config {
+            allow_metadata: true,
+            ..Config::default()
+        };
+        assert_eq!(
+            md.host_target(ip("169.254.169.254")),
+            Some(ip("169.254.169.254"))
+        );
+        assert_eq!(
+            md.host_target(ip("100.100.100.200")),
+            Some(ip("100.100.100.200"))
+        );
+        assert_eq!(md.host_target(ip("169.254.0.1")), None);
+
+        let no_lo = Config {
+            allow_host_loopback: false,
+            ..Config::default()
+        };
+        assert_eq!(no_lo.host_target(no_lo.gateway_ip), None);
+        assert_eq!(no_lo.host_target(ip("127.0.0.1")), None, "no bypass");
+        assert_eq!(no_lo.host_target(ip("1.1.1.1")), Some(ip("1.1.1.1")));
     }
 
     #[test]

@@ -37,12 +37,24 @@
 //! replies (`wire`). Threading: none; one instance is driven by one event loop. Guest frames are classified in
 //! this module; only ARP and TCP reach smoltcp. IPv6 and IPv4 fragments are dropped
 //! (the guest gets no IPv6 route, so it falls back to IPv4 at once; Linux TCP sets DF).
+//!
+//! ## What the guest can reach
+//!
+//! [`Config::host_target`] decides: the gateway reaches the host's loopback (unless
+//! `allow_host_loopback` is off), the DNS address the host's resolvers; 127.0.0.0/8 is
+//! reachable only through the gateway; link-local (169.254.0.0/16) and cloud metadata
+//! addresses ([`METADATA_ADDRS`]) are refused unless `allow_link_local` / `allow_metadata`;
+//! IPv6 (fe80::/10 included) is never forwarded. Everything else goes out as connections
+//! from the host. Memory for TCP buffers is bounded by `Limits::tcp_buffer_budget` (see
+//! the `tcp` module).
 
 mod config;
 mod device;
 mod dhcp;
 mod dns;
 pub mod fuzz;
+#[cfg(unix)]
+pub mod hostsock;
 mod icmp;
 mod tcp;
 mod udp;
@@ -67,7 +79,7 @@ use smoltcp::wire::{
     IpProtocol, Ipv4Packet,
 };
 
-pub use config::{parse_mac, Config, ConfigError, Limits, PortForward, Proto};
+pub use config::{parse_mac, Config, ConfigError, Limits, PortForward, Proto, METADATA_ADDRS};
 
 use device::FrameQueue;
 use wire::Link;
@@ -127,6 +139,14 @@ pub struct Stats {
     pub tx_frames: u64,
     pub tcp_connections: usize,
     pub tcp_pending: usize,
+    /// Bytes of TCP socket buffers allocated (measured on the sockets), within
+    /// `Limits::tcp_buffer_budget`.
+    pub tcp_buffer_bytes: usize,
+    /// Bytes of the budget reserved (connections plus connects in progress).
+    pub tcp_buffer_reserved: usize,
+    /// Guest SYNs (and forwarded host connections) turned away because the budget was used
+    /// up; the guest retransmits.
+    pub tcp_deferred: u64,
     pub udp_flows: usize,
     pub icmp_flows: usize,
 }
@@ -161,21 +181,10 @@ impl Core {
         mio::Token((kind << KIND_SHIFT) | self.next_token)
     }
 
-    /// Maps an address the guest talks to onto the host address to use: the gateway is
-    /// the host's loopback; other guest-network addresses are not routed.
+    /// Maps an address the guest talks to onto the host address to use (`None`: refused;
+    /// the policy is [`Config::host_target`]).
     pub fn host_ip(&self, remote: Ipv4Addr) -> Option<Ipv4Addr> {
-        if remote == self.config.gateway_ip {
-            return Some(self.config.host_loopback);
-        }
-        if !self.config.outbound
-            || self.config.in_network(remote)
-            || remote.is_broadcast()
-            || remote.is_multicast()
-            || remote.is_unspecified()
-        {
-            return None;
-        }
-        Some(remote)
+        self.config.host_target(remote)
     }
 
     /// Runs smoltcp until it has nothing more to do or the tx queue is full.
@@ -280,6 +289,9 @@ impl UserNet {
         let mut s = self.stats.clone();
         s.tcp_connections = self.tcp.connections();
         s.tcp_pending = self.tcp.pending();
+        s.tcp_buffer_bytes = self.tcp.buffer_allocated(&self.core);
+        s.tcp_buffer_reserved = self.tcp.buffer_reserved();
+        s.tcp_deferred = self.tcp.deferred();
         s.udp_flows = self.udp.flows();
         s.icmp_flows = self.icmp.flows();
         s

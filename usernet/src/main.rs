@@ -79,6 +79,18 @@ struct NetArgs {
     /// Resolver configuration the DNS forwarder follows.
     #[arg(long, default_value = "/etc/resolv.conf")]
     resolv_conf: PathBuf,
+    /// The gateway address does not reach the host's loopback (host.docker.internal off).
+    #[arg(long)]
+    no_host_loopback: bool,
+    /// Let the guest reach link-local addresses (169.254.0.0/16) of the host's networks.
+    #[arg(long)]
+    allow_link_local: bool,
+    /// Let the guest reach cloud metadata endpoints (169.254.169.254, 100.100.100.200, …).
+    #[arg(long)]
+    allow_metadata: bool,
+    /// Memory for all TCP connection buffers together, MiB; beyond it new connections wait.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    tcp_buffer_budget_mib: u32,
 }
 
 impl NetArgs {
@@ -94,6 +106,13 @@ impl NetArgs {
             mtu: self.mtu,
             resolv_conf: self.resolv_conf,
             forwards: self.forwards,
+            allow_host_loopback: !self.no_host_loopback,
+            allow_link_local: self.allow_link_local,
+            allow_metadata: self.allow_metadata,
+            limits: usernet::Limits {
+                tcp_buffer_budget: (self.tcp_buffer_budget_mib as usize) << 20,
+                ..usernet::Limits::default()
+            },
             ..Config::default()
         }
     }

@@ -116,11 +116,15 @@ impl Peer {
 
 /// Listens on `path` and serves QEMU peers until SIGTERM/SIGINT.
 pub fn run(path: &Path, config: Config) -> Result<(), StreamError> {
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path).map_err(|source| StreamError::Listen {
+    let listen_err = |source| StreamError::Listen {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    // Owner-only from the start: a new connection replaces QEMU as the network peer.
+    let std_listener =
+        crate::hostsock::bind_owner_only(path).map_err(|e| listen_err(e.into_io()))?;
+    std_listener.set_nonblocking(true).map_err(listen_err)?;
+    let listener = UnixListener::from_std(std_listener);
     let net = UserNet::new(config)?;
     let mut signals = Signals::new([SIGTERM, SIGINT]).map_err(StreamError::Signals)?;
     net.registry()
@@ -189,6 +193,10 @@ fn serve(
         }
         if let Some(l) = listener.as_ref().filter(|_| ready.contains(&LISTEN_TOKEN)) {
             while let Ok((s, _)) = l.accept() {
+                if !crate::hostsock::peer_allowed(std::os::fd::AsFd::as_fd(&s)) {
+                    tracing::warn!("refused a peer of another user; the current peer stays");
+                    continue;
+                }
                 if let Some(mut old) = peer.take() {
                     let _ = net.registry().deregister(&mut old.stream);
                 }

@@ -7,6 +7,16 @@
 //! Data moves only while the other side has room (smoltcp buffers are fixed-size and the
 //! host socket is non-blocking), so memory per connection is bounded and backpressure
 //! reaches both peers as a shrinking TCP window.
+//!
+//! Buffer budget (`Limits::tcp_buffer_budget`): all connections' buffers together stay
+//! within it, whatever the guest opens. Every connection costs at least
+//! [`MIN_TCP_BUFFER`] per direction; what it gets above that comes from a "bonus" half of
+//! the budget, an eighth of what is left of it per connection: the first connections get
+//! full-size buffers (`Limits::tcp_buffer`), later ones smaller and smaller, and at least
+//! `budget / 2 / (2 * MIN_TCP_BUFFER)` connections always fit (1024 with the 64 MiB
+//! default). When a connection does not fit, the guest's SYN is dropped without a RST: the
+//! guest retransmits it (1 s, 2 s, 4 s…) and gets in once others close. Connections slow
+//! down; host memory does not grow.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -26,6 +36,10 @@ use crate::{Core, PortForward, UserNetError, Verdict, KIND_TCP, KIND_TCP_LISTEN}
 /// How long an outbound connect may take before the guest gets a RST.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The smallest buffer per direction a connection gets (about 11 full-size segments at
+/// a 1460-byte MSS).
+pub const MIN_TCP_BUFFER: usize = 16 * 1024;
+
 /// (guest endpoint, remote endpoint as the guest sees it).
 type FlowKey = (SocketAddrV4, SocketAddrV4);
 
@@ -35,6 +49,8 @@ struct Pending {
     syn: Vec<u8>,
     seq: u32,
     started: Instant,
+    /// Buffer size per direction reserved for the connection.
+    buf: usize,
 }
 
 struct Conn {
@@ -51,6 +67,8 @@ struct Conn {
     guest_fin: bool,
     /// Finished: removed on the next pass, after smoltcp had a chance to send its RST/FIN.
     dead: bool,
+    /// Buffer size per direction, returned to the budget on close.
+    buf: usize,
 }
 
 struct Listener {
@@ -69,6 +87,41 @@ pub struct TcpNat {
     conn_tokens: HashMap<Token, FlowKey>,
     listeners: HashMap<Token, Listener>,
     next_port: u16,
+    budget: Budget,
+    /// SYNs dropped because the buffer budget was used up.
+    deferred: u64,
+}
+
+/// Bytes of the buffer budget reserved by pending connects and connections.
+#[derive(Default)]
+struct Budget {
+    /// Total (both directions of every connection).
+    reserved: usize,
+    /// The part of `reserved` above `MIN_TCP_BUFFER` per direction.
+    bonus: usize,
+}
+
+impl Budget {
+    /// Reserves buffers for one more connection: the size per direction, or `None` when the
+    /// budget is used up.
+    fn reserve(&mut self, max_buf: usize, budget: usize) -> Option<usize> {
+        let max_buf = max_buf.max(MIN_TCP_BUFFER);
+        let bonus_free = (budget / 2).saturating_sub(self.bonus);
+        let extra = (bonus_free / 8 / 2).min(max_buf - MIN_TCP_BUFFER);
+        let buf = MIN_TCP_BUFFER + extra;
+        if self.reserved + 2 * buf > budget {
+            return None;
+        }
+        self.reserved += 2 * buf;
+        self.bonus += 2 * extra;
+        Some(buf)
+    }
+
+    fn release(&mut self, buf: usize) {
+        let extra = buf.saturating_sub(MIN_TCP_BUFFER);
+        self.reserved = self.reserved.saturating_sub(2 * buf);
+        self.bonus = self.bonus.saturating_sub(2 * extra);
+    }
 }
 
 fn v4(ep: smoltcp::wire::IpEndpoint) -> Option<SocketAddrV4> {
@@ -87,7 +140,30 @@ impl TcpNat {
             conn_tokens: HashMap::new(),
             listeners: HashMap::new(),
             next_port: 49152,
+            budget: Budget::default(),
+            deferred: 0,
         }
+    }
+
+    /// Bytes of buffer budget reserved (pending connects included).
+    pub fn buffer_reserved(&self) -> usize {
+        self.budget.reserved
+    }
+
+    /// Bytes of smoltcp socket buffers actually allocated, measured on the sockets.
+    pub fn buffer_allocated(&self, core: &Core) -> usize {
+        self.conns
+            .values()
+            .map(|c| {
+                let s = core.sockets.get::<tcp::Socket>(c.handle);
+                s.recv_capacity() + s.send_capacity()
+            })
+            .sum()
+    }
+
+    /// SYNs dropped so far because the buffer budget was used up.
+    pub fn deferred(&self) -> u64 {
+        self.deferred
     }
 
     pub fn connections(&self) -> usize {
@@ -98,8 +174,7 @@ impl TcpNat {
         self.pending.len()
     }
 
-    fn new_socket(core: &Core) -> tcp::Socket<'static> {
-        let n = core.config.limits.tcp_buffer;
+    fn new_socket(n: usize) -> tcp::Socket<'static> {
         let mut s = tcp::Socket::new(
             tcp::SocketBuffer::new(vec![0u8; n]),
             tcp::SocketBuffer::new(vec![0u8; n]),
@@ -175,10 +250,20 @@ impl TcpNat {
         let Some(target) = target else {
             return rst(core);
         };
+        let Some(buf) = self
+            .budget
+            .reserve(limits.tcp_buffer, limits.tcp_buffer_budget)
+        else {
+            // No RST: the guest retransmits the SYN and gets in once others close.
+            self.deferred += 1;
+            tracing::debug!(%guest, %remote, "TCP buffer budget used up: SYN deferred");
+            return Verdict::Handled;
+        };
         let mut stream = match TcpStream::connect(target) {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(%target, error = %e, "connect failed at once");
+                self.budget.release(buf);
                 return rst(core);
             }
         };
@@ -187,6 +272,7 @@ impl TcpNat {
             .register(&mut stream, token, Interest::WRITABLE | Interest::READABLE)
             .is_err()
         {
+            self.budget.release(buf);
             return rst(core);
         }
         self.pending_tokens.insert(token, key);
@@ -198,6 +284,7 @@ impl TcpNat {
                 syn: frame.to_vec(),
                 seq,
                 started: Instant::now(),
+                buf,
             },
         );
         Verdict::Handled
@@ -251,6 +338,7 @@ impl TcpNat {
             let (guest, remote) = key;
             if let Err(e) = result {
                 tracing::debug!(%guest, %remote, error = %e, "connect refused/failed");
+                self.budget.release(p.buf);
                 let _ = registry.deregister(&mut p.stream);
                 let f = tcp_rst_frame(
                     core.link(),
@@ -263,12 +351,13 @@ impl TcpNat {
                 continue;
             }
             let _ = p.stream.set_nodelay(true);
-            let mut sock = Self::new_socket(core);
+            let mut sock = Self::new_socket(p.buf);
             let ep = IpListenEndpoint {
                 addr: Some((*remote.ip()).into()),
                 port: remote.port(),
             };
             if sock.listen(ep).is_err() {
+                self.budget.release(p.buf);
                 continue;
             }
             let handle = core.sockets.add(sock);
@@ -285,6 +374,7 @@ impl TcpNat {
                     host_shut: false,
                     guest_fin: false,
                     dead: false,
+                    buf: p.buf,
                 },
             );
             // Replay the SYN now that a socket listens for it, before any other listener
@@ -296,7 +386,8 @@ impl TcpNat {
 
     /// Accepts host connections on the forward listeners.
     pub fn accept_forwards(&mut self, core: &mut Core, registry: &Registry) {
-        let limit = core.config.limits.max_tcp_connections;
+        let limits = core.config.limits.clone();
+        let limit = limits.max_tcp_connections;
         let mut accepted = Vec::new();
         for l in self.listeners.values_mut() {
             while l.ready {
@@ -315,7 +406,15 @@ impl TcpNat {
                 tracing::debug!(%peer, "TCP table full: dropping forwarded connection");
                 continue;
             }
-            let mut sock = Self::new_socket(core);
+            let Some(buf) = self
+                .budget
+                .reserve(limits.tcp_buffer, limits.tcp_buffer_budget)
+            else {
+                self.deferred += 1;
+                tracing::debug!(%peer, "TCP buffer budget used up: dropping forwarded connection");
+                continue;
+            };
+            let mut sock = Self::new_socket(buf);
             let port = self.ephemeral_port(core);
             let guest = SocketAddrV4::new(core.config.guest_ip, fwd.guest_port);
             let local = SocketAddrV4::new(core.config.gateway_ip, port);
@@ -327,6 +426,7 @@ impl TcpNat {
                 )
                 .is_err()
             {
+                self.budget.release(buf);
                 continue;
             }
             let token = core.token(KIND_TCP);
@@ -334,6 +434,7 @@ impl TcpNat {
                 .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
                 .is_err()
             {
+                self.budget.release(buf);
                 continue;
             }
             let _ = stream.set_nodelay(true);
@@ -352,6 +453,7 @@ impl TcpNat {
                     host_shut: false,
                     guest_fin: false,
                     dead: false,
+                    buf,
                 },
             );
         }
@@ -389,6 +491,7 @@ impl TcpNat {
 
     fn close_conn(&mut self, core: &mut Core, registry: &Registry, key: &FlowKey) {
         if let Some(mut c) = self.conns.remove(key) {
+            self.budget.release(c.buf);
             self.conn_tokens.remove(&c.token);
             let _ = registry.deregister(&mut c.stream);
             core.sockets.remove(c.handle);
@@ -405,6 +508,7 @@ impl TcpNat {
             .collect();
         for key in stale {
             if let Some(mut p) = self.pending.remove(&key) {
+                self.budget.release(p.buf);
                 self.pending_tokens.remove(&p.token);
                 let _ = registry.deregister(&mut p.stream);
                 let (guest, remote) = key;
@@ -551,4 +655,35 @@ fn splice(c: &mut Conn, sock: &mut tcp::Socket<'static>) -> bool {
         _ => {}
     }
     moved
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_budget_bounds_total_and_keeps_room_for_many_connections() {
+        let (max, budget) = (512 * 1024, 64 << 20);
+        let mut b = Budget::default();
+        let mut sizes = Vec::new();
+        while let Some(n) = b.reserve(max, budget) {
+            sizes.push(n);
+            assert!(b.reserved <= budget, "over budget: {}", b.reserved);
+        }
+        assert_eq!(sizes[0], max, "the first connection gets full-size buffers");
+        assert!(sizes.windows(2).all(|w| w[1] <= w[0]), "sizes only shrink");
+        assert_eq!(*sizes.last().expect("some"), MIN_TCP_BUFFER);
+        assert!(sizes.len() >= 1024, "only {} connections fit", sizes.len());
+        assert!(sizes.len() <= budget / (2 * MIN_TCP_BUFFER));
+        // Releasing one connection makes room for exactly one more.
+        let last = sizes.pop().expect("last");
+        b.release(last);
+        assert!(b.reserve(max, budget).is_some());
+        assert!(b.reserve(max, budget).is_none());
+        // Everything released: back to zero and to full-size buffers.
+        b = Budget::default();
+        let n = b.reserve(max, budget).expect("fits");
+        b.release(n);
+        assert_eq!((b.reserved, b.bonus), (0, 0));
+    }
 }

@@ -10,7 +10,7 @@ use common::frames::*;
 
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, DhcpMessageType, EthernetFrame, IpProtocol, Ipv4Packet,
-    TcpPacket,
+    TcpControl, TcpPacket,
 };
 use usernet::{Config, Limits, UserNet};
 
@@ -315,4 +315,202 @@ fn test_udp_flow_expires_when_idle() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     net.process();
     assert_eq!(net.stats().udp_flows, 0, "idle flow not expired");
+}
+
+/// Runs the stack for `ms` milliseconds and returns every TCP segment it sent the guest.
+fn run_for(net: &mut UserNet, ms: u64) -> Vec<SegmentToGuest> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+    let mut out = Vec::new();
+    while std::time::Instant::now() < deadline {
+        let mut ready = Vec::new();
+        net.wait(Some(std::time::Duration::from_millis(10)), &mut ready)
+            .expect("wait");
+        net.process();
+        out.extend(drain(net).iter().filter_map(|f| parse_tcp(f)));
+    }
+    out
+}
+
+/// A host listener on 127.0.0.1 that accepts and holds every connection (so the kernel's
+/// backlog never fills); the streams live until the test ends.
+fn holding_listener() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in l.incoming().flatten() {
+            held.push(s);
+            c.store(held.len(), std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    (port, count)
+}
+
+fn outbound() -> Config {
+    Config {
+        resolv_conf: "/nonexistent/resolv.conf".into(),
+        ..Config::default()
+    }
+}
+
+/// A stack that knows the guest's MAC (the guest asked for the gateway's), so smoltcp can
+/// answer SYNs without an ARP round trip first.
+fn net_with_arp(config: Config) -> UserNet {
+    let mut net = UserNet::new(config).expect("net");
+    net.receive_frame(&arp_request(GW, GUEST));
+    net.process();
+    drain(&mut net);
+    net
+}
+
+/// The gateway reaches the host's loopback unless `allow_host_loopback` is off, and a guest
+/// cannot get around that by sending to 127.0.0.1 directly (it never could get anything on
+/// the host's loopback that way: 127/8 is only reachable through the gateway).
+#[test]
+fn test_host_loopback_via_gateway_can_be_turned_off_and_not_bypassed() {
+    let (port, _) = holding_listener();
+    for allow in [true, false] {
+        let mut net = net_with_arp(Config {
+            allow_host_loopback: allow,
+            ..outbound()
+        });
+        net.receive_frame(&tcp_syn(40000, GW, port, 1000));
+        net.receive_frame(&tcp_syn(40001, Ipv4Addr::LOCALHOST, port, 2000));
+        net.receive_frame(&tcp_syn(40002, Ipv4Addr::new(127, 9, 9, 9), port, 3000));
+        let segs = run_for(&mut net, 300);
+        let reply = |sport: u16| {
+            segs.iter()
+                .find(|s| s.dst_port == sport)
+                .copied()
+                .unwrap_or_else(|| panic!("no reply to port {sport}: {segs:?}"))
+        };
+        let gw = reply(40000);
+        if allow {
+            assert!(gw.syn && gw.ack && !gw.rst, "gateway: {gw:?}");
+        } else {
+            assert!(gw.rst && !gw.syn, "gateway with host loopback off: {gw:?}");
+        }
+        for sport in [40001, 40002] {
+            let s = reply(sport);
+            assert!(s.rst && !s.syn, "direct loopback must be refused: {s:?}");
+        }
+    }
+}
+
+/// Link-local and metadata destinations get a RST at once; no host connect is attempted.
+#[test]
+fn test_link_local_and_metadata_are_refused_without_a_host_connect() {
+    let mut net = UserNet::new(outbound()).expect("net");
+    let dsts = [
+        Ipv4Addr::new(169, 254, 169, 254),
+        Ipv4Addr::new(169, 254, 170, 2),
+        Ipv4Addr::new(169, 254, 1, 1),
+        Ipv4Addr::new(100, 100, 100, 200),
+    ];
+    for (i, dst) in dsts.iter().enumerate() {
+        net.receive_frame(&tcp_syn(41000 + i as u16, *dst, 80, 1));
+        net.receive_frame(&udp((GUEST, 42000 + i as u16), (*dst, 80), b"GET"));
+    }
+    assert_eq!(net.stats().tcp_pending, 0, "a host connect was started");
+    assert_eq!(net.stats().udp_flows, 0, "a host UDP flow was opened");
+    let segs: Vec<_> = drain(&mut net)
+        .iter()
+        .filter_map(|f| parse_tcp(f))
+        .collect();
+    for (i, dst) in dsts.iter().enumerate() {
+        let s = segs
+            .iter()
+            .find(|s| s.dst_port == 41000 + i as u16)
+            .unwrap_or_else(|| panic!("no RST for {dst}: {segs:?}"));
+        assert!(s.rst && s.src == *dst, "{dst}: {s:?}");
+    }
+}
+
+/// Thousands of connections: buffers shrink, the total stays within the budget, the SYNs
+/// that do not fit get no RST (the guest retransmits) and get in once a connection closes.
+#[test]
+fn test_tcp_buffer_budget_bounds_memory_and_defers_connections() {
+    let (port, accepted) = holding_listener();
+    let budget = 4 << 20;
+    let limits = Limits {
+        tcp_buffer: 256 * 1024,
+        tcp_buffer_budget: budget,
+        max_pending_connects: 4096,
+        max_tcp_connections: 4096,
+        ..Limits::default()
+    };
+    let mut net = net_with_arp(Config {
+        limits,
+        ..outbound()
+    });
+    let n = 2000u16;
+    for i in 0..n {
+        net.receive_frame(&tcp_syn(20000 + i, GW, port, u32::from(i) * 1000));
+        if i % 64 == 0 {
+            run_for(&mut net, 0);
+        }
+        let s = net.stats();
+        assert!(s.tcp_buffer_reserved <= budget, "{s:?}");
+    }
+    let segs = run_for(&mut net, 1500);
+    let s = net.stats();
+    // One per connection (smoltcp retransmits SYN-ACKs the guest does not acknowledge).
+    let mut synacks: Vec<SegmentToGuest> = Vec::new();
+    for seg in segs.iter().filter(|s| s.syn && s.ack) {
+        if !synacks.iter().any(|s| s.dst_port == seg.dst_port) {
+            synacks.push(*seg);
+        }
+    }
+    assert!(segs.iter().all(|s| !s.rst), "a deferred SYN was refused");
+    assert!(s.tcp_buffer_bytes <= budget, "{s:?}");
+    assert!(s.tcp_buffer_bytes > budget / 2, "{s:?}");
+    // At least budget/2 / 32 KiB connections always fit; never more than budget / 32 KiB.
+    assert!(
+        (64..=128).contains(&synacks.len()),
+        "{} connections: {s:?}",
+        synacks.len()
+    );
+    assert_eq!(s.tcp_connections, synacks.len());
+    assert_eq!(s.tcp_deferred, u64::from(n) - synacks.len() as u64, "{s:?}");
+    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= synacks.len());
+    // The guest closes one connection (handshake completed, then RST) ...
+    let first = synacks[0];
+    let isn = u32::from(first.dst_port - 20000) * 1000;
+    let peer = (GW, port);
+    net.receive_frame(&tcp_segment(
+        first.dst_port,
+        peer,
+        TcpControl::None,
+        isn + 1,
+        Some(first.seq.wrapping_add(1)),
+    ));
+    run_for(&mut net, 50);
+    net.receive_frame(&tcp_segment(
+        first.dst_port,
+        peer,
+        TcpControl::Rst,
+        isn + 1,
+        None,
+    ));
+    run_for(&mut net, 100);
+    assert_eq!(net.stats().tcp_connections, synacks.len() - 1);
+    // ... and a retransmitted SYN that was deferred now gets in.
+    let waiting = (20000..20000 + n)
+        .find(|p| !synacks.iter().any(|s| s.dst_port == *p))
+        .expect("a deferred port");
+    net.receive_frame(&tcp_syn(
+        waiting,
+        GW,
+        port,
+        u32::from(waiting - 20000) * 1000,
+    ));
+    let segs = run_for(&mut net, 500);
+    assert!(
+        segs.iter().any(|s| s.dst_port == waiting && s.syn && s.ack),
+        "the retransmitted SYN did not get in: {segs:?} {:?}",
+        net.stats()
+    );
+    assert!(net.stats().tcp_buffer_bytes <= budget);
 }

@@ -758,3 +758,68 @@ fn test_inbound_udp_forward_round_trip() {
         "one gateway port per host peer"
     );
 }
+
+/// A "host" whose loopback also carries a cloud metadata address, a link-local address and
+/// Alibaba's metadata address, each with a server that hands out "creds": a real guest stack
+/// gets a refused connection from each by default, reaches them with the allow options, and
+/// loses the gateway (host loopback) with --no-host-loopback.
+#[test]
+fn test_link_local_metadata_and_host_loopback_policy() {
+    if skip_unless_root(&["ip"]) {
+        return;
+    }
+    let host = offline_host();
+    for addr in ["169.254.169.254/32", "169.254.7.7/32", "100.100.100.200/32"] {
+        let out = host.exec(&["ip", "addr", "add", addr, "dev", "lo"], T);
+        assert!(out.status.success(), "ip addr add {addr}");
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    host.spawn(move || {
+        let l = TcpListener::bind("0.0.0.0:0").expect("bind");
+        tx.send(l.local_addr().expect("addr").port()).expect("send");
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let _ = s.write_all(b"creds");
+        }
+    });
+    let port = rx.recv_timeout(T).expect("port");
+    let targets: [[u8; 4]; 4] = [
+        [169, 254, 169, 254],
+        [169, 254, 7, 7],
+        [100, 100, 100, 200],
+        [10, 0, 2, 2],
+    ];
+    let try_all = |extra: &[&str]| {
+        let guest = Netns::new("policy");
+        let mut net = Usernet::tap_via(Some(&host), &guest, extra);
+        let got = guest.run(move || {
+            targets.map(|ip| {
+                let mut s = connect(SocketAddr::from((ip, port))).map_err(|e| e.kind())?;
+                let mut body = String::new();
+                s.read_to_string(&mut body).map_err(|e| e.kind())?;
+                Ok::<String, ErrorKind>(body)
+            })
+        });
+        assert!(net.alive(), "usernet died; log:\n{}", net.log());
+        got
+    };
+    let creds = || Ok("creds".to_string());
+    let refused = Err(ErrorKind::ConnectionRefused);
+
+    let r = try_all(&[]);
+    assert_eq!(r[0], refused, "metadata reachable by default");
+    assert_eq!(r[1], refused, "link-local reachable by default");
+    assert_eq!(r[2], refused, "Alibaba metadata reachable by default");
+    assert_eq!(r[3], creds(), "host loopback through the gateway");
+
+    let r = try_all(&["--allow-link-local"]);
+    assert_eq!(r[0], refused, "metadata needs its own option");
+    assert_eq!(r[1], creds());
+
+    let r = try_all(&["--allow-metadata", "--allow-link-local"]);
+    assert_eq!(r, [creds(), creds(), creds(), creds()]);
+
+    let r = try_all(&["--no-host-loopback"]);
+    assert_eq!(r[3], refused, "gateway still reaches the host loopback");
+    assert_eq!(r[0], refused);
+}

@@ -107,3 +107,34 @@ fn test_stream_garbage_peer_is_dropped_and_next_peer_served() {
     assert_eq!(offer.0, DhcpMessageType::Offer);
     assert!(matches!(usernet.0.try_wait(), Ok(None)), "usernet exited");
 }
+
+/// `net.sock` is 0600, and a connection from another uid (where the mode was widened by
+/// hand) is closed at once instead of replacing QEMU as the network peer.
+#[test]
+fn test_stream_peer_of_another_user_is_refused_and_does_not_replace_the_peer() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let sock = dir.path().join("net.sock");
+    let mut usernet = start(&sock);
+    assert_eq!(
+        std::fs::metadata(&sock).expect("stat").mode() & 0o777,
+        0o600
+    );
+    let mut good = connect(&sock);
+    send(&mut good, &dhcp(DhcpMessageType::Discover, None));
+    let offer = parse_dhcp(&recv(&mut good).expect("offer")).expect("DHCP offer");
+    assert_eq!(offer.0, DhcpMessageType::Offer);
+    let Some(r) = usernet::hostsock::connect_as_nobody(&sock, "x") else {
+        return;
+    };
+    assert!(r.starts_with("connect-error: Permission denied"), "{r}");
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let r = usernet::hostsock::connect_as_nobody(&sock, "x").expect("ran before");
+    assert!(r == "eof" || r.starts_with("read-error"), "{r}");
+    // The owner's peer is still the one served.
+    send(&mut good, &dhcp(DhcpMessageType::Request, Some(GUEST)));
+    let ack = parse_dhcp(&recv(&mut good).expect("ack after the refused peer")).expect("DHCP ack");
+    assert_eq!(ack.0, DhcpMessageType::Ack);
+    assert!(matches!(usernet.0.try_wait(), Ok(None)), "usernet exited");
+}

@@ -14,6 +14,8 @@ pub mod devices;
 pub mod engine;
 #[cfg(target_os = "linux")]
 pub mod fuzzing;
+#[cfg(unix)]
+pub mod hostsock;
 pub mod hv;
 pub mod ratelimit;
 pub mod sys;

@@ -62,9 +62,18 @@ async fn handle(
 /// Serves the API until the task is dropped.
 pub async fn serve(listener: UnixListener, state: Arc<Mutex<State>>, stop: Arc<StopSender>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning on a ready listener.
+                log::warn!("control.sock: accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
         };
+        if !super::docker_proxy::peer_allowed(&stream, "control.sock") {
+            continue;
+        }
         let (state, stop) = (state.clone(), stop.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req| handle(req, state.clone(), stop.clone()));

@@ -232,8 +232,7 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
     let stop_tx = Arc::new(stop_tx);
     let control = {
         let _guard = rt.enter();
-        let l =
-            tokio::net::UnixListener::bind(inst.control_sock()).context("bind control socket")?;
+        let l = docker_proxy::bind(&inst.control_sock()).context("bind control socket")?;
         rt.spawn(control::serve(l, state.clone(), stop_tx.clone()))
     };
     {

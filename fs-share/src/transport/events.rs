@@ -2,7 +2,7 @@
 //! agent, bridged over vsock by the supervisor.
 
 use std::io::{self, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -12,11 +12,10 @@ use crate::sys::linux::watch::Watcher;
 /// Most directories watched (each costs one inotify watch of the host user's budget).
 pub const MAX_WATCHES: usize = 65_536;
 
-/// Binds `socket` and starts the watcher and accept threads; they run for the process'
-/// lifetime.
+/// Binds `socket` (owner-only, see `hostsock`) and starts the watcher and accept threads;
+/// they run for the process' lifetime. Clients of another uid (not root) are closed at once.
 pub fn spawn(root: &Path, socket: &Path) -> io::Result<()> {
-    let _ = std::fs::remove_file(socket);
-    let listener = UnixListener::bind(socket)?;
+    let listener = crate::hostsock::bind_owner_only(socket).map_err(|e| e.into_io())?;
     let clients: Arc<Mutex<Vec<UnixStream>>> = Arc::new(Mutex::new(Vec::new()));
     let mut watcher = Watcher::new(root, MAX_WATCHES)?;
     {
@@ -25,6 +24,10 @@ pub fn spawn(root: &Path, socket: &Path) -> io::Result<()> {
             .name("events-accept".into())
             .spawn(move || {
                 for s in listener.incoming().flatten() {
+                    if !crate::hostsock::peer_allowed(std::os::fd::AsFd::as_fd(&s)) {
+                        tracing::warn!("events socket: refused a client of another user");
+                        continue;
+                    }
                     clients.lock().unwrap_or_else(|e| e.into_inner()).push(s);
                 }
             })?;

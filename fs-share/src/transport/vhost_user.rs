@@ -37,6 +37,8 @@ pub enum VhostUserFsError {
     Daemon(vhost_user_backend::Error),
     #[error("vhost-user connection on {0} failed: {1}")]
     Serve(std::path::PathBuf, vhost_user_backend::Error),
+    #[error("Cannot listen for a vhost-user frontend")]
+    Listen(#[source] crate::hostsock::HostSockError),
 }
 
 /// Guest-triggerable warnings are rate-limited to one per second.
@@ -223,8 +225,21 @@ pub fn serve(
         GuestMemoryAtomic::new(GuestMemoryMmap::new()),
     )
     .map_err(VhostUserFsError::Daemon)?;
+    // Bound here rather than by `VhostUserDaemon::serve`, so the socket is 0600 from the
+    // start: the passthrough runs with umask 0 (guest modes apply exactly), which would make
+    // a socket bound under it world-connectable. vhost-user-backend accepts the frontend
+    // itself, so no SO_PEERCRED check is possible here: the 0600 mode makes the kernel
+    // refuse every other non-root uid at connect(2), the same rule `hostsock` applies.
+    let listener = crate::hostsock::bind_owner_only(socket).map_err(VhostUserFsError::Listen)?;
+    let mut listener = vhost::vhost_user::Listener::from(listener);
     tracing::info!(socket = %socket.display(), "waiting for a vhost-user frontend");
-    daemon
-        .serve(socket)
-        .map_err(|e| VhostUserFsError::Serve(socket.to_path_buf(), e))
+    let serve_err = |e| VhostUserFsError::Serve(socket.to_path_buf(), e);
+    daemon.start(&mut listener).map_err(serve_err)?;
+    match daemon.wait() {
+        // A frontend going away is the normal end (as `VhostUserDaemon::serve` treats it).
+        Err(vhost_user_backend::Error::HandleRequest(
+            vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+        )) => Ok(()),
+        r => r.map_err(serve_err),
+    }
 }

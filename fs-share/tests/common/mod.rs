@@ -376,3 +376,112 @@ pub fn fuse_request(opcode: u32, unique: u64, nodeid: u64, body: &[u8]) -> Vec<u
     v.extend_from_slice(body);
     v
 }
+
+/// A raw FUSE session over `transport::stream` on a socket pair: the test is the client (a
+/// hostile guest kernel) and sends any bytes it likes; the server runs `workers` workers in a
+/// thread. Replies are read with a 20 s timeout, so a server that hangs fails the test.
+pub struct StreamSession {
+    /// The temp folder holding the share, removed when the session is dropped.
+    pub dir: Option<tempfile::TempDir>,
+    pub share: std::path::PathBuf,
+    pub host: std::os::unix::net::UnixStream,
+    server: Option<std::thread::JoinHandle<Result<(), fs_share::transport::stream::StreamError>>>,
+    unique: u64,
+}
+
+pub const FUSE_INIT: u32 = 26;
+
+/// FUSE_INIT for protocol 7.31 with a 128 KiB readahead and no flags.
+pub fn fuse_init_request() -> Vec<u8> {
+    let body: Vec<u8> = [7u32, 31, 1 << 17, 0]
+        .iter()
+        .flat_map(|x| x.to_ne_bytes())
+        .collect();
+    fuse_request(FUSE_INIT, 1, 0, &body)
+}
+
+/// A NUL-terminated name, as FUSE requests carry them.
+pub fn fuse_name(n: &str) -> Vec<u8> {
+    let mut v = n.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+impl StreamSession {
+    /// Serves `share` (a folder the caller owns) with `cfg` and completes INIT.
+    pub fn start(cfg: fs_share::ShareConfig, workers: usize) -> StreamSession {
+        use std::os::unix::net::UnixStream;
+        let share = cfg.shared_dir.clone();
+        let fs = std::sync::Arc::new(fs_share::PassthroughFs::new(cfg).expect("open share"));
+        let (host, guest) = UnixStream::pair().expect("socketpair");
+        host.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let input = guest.try_clone().expect("clone");
+        let server = std::thread::spawn(move || {
+            fs_share::transport::stream::serve(fs, input, guest, workers)
+        });
+        let mut s = StreamSession {
+            dir: None,
+            share,
+            host,
+            server: Some(server),
+            unique: 1,
+        };
+        let (err, _) = s.send(&fuse_init_request());
+        assert_eq!(err, 0, "INIT");
+        s
+    }
+
+    /// Sends one request and reads its whole reply: (error, body). Panics when no reply
+    /// comes within 20 s (a server worker blocked for good).
+    pub fn send(&mut self, req: &[u8]) -> (i32, Vec<u8>) {
+        use std::io::{Read, Write};
+        self.host.write_all(req).expect("send request");
+        let mut hdr = [0u8; 16];
+        self.host
+            .read_exact(&mut hdr)
+            .expect("no reply from the server (hung?)");
+        let word = |r: std::ops::Range<usize>| -> [u8; 4] {
+            let mut b = [0u8; 4];
+            b.copy_from_slice(&hdr[r]);
+            b
+        };
+        let len = u32::from_ne_bytes(word(0..4)) as usize;
+        let err = i32::from_ne_bytes(word(4..8));
+        let mut u = [0u8; 8];
+        u.copy_from_slice(&hdr[8..16]);
+        let mut sent = [0u8; 8];
+        sent.copy_from_slice(&req[8..16]);
+        assert_eq!(u, sent, "reply to another request");
+        assert!(len >= 16, "reply length {len}");
+        let mut body = vec![0u8; len - 16];
+        self.host.read_exact(&mut body).expect("reply body");
+        (err, body)
+    }
+
+    pub fn call(&mut self, opcode: u32, nodeid: u64, body: &[u8]) -> (i32, Vec<u8>) {
+        self.unique += 1;
+        let req = fuse_request(opcode, self.unique, nodeid, body);
+        self.send(&req)
+    }
+
+    /// Closes the host side; returns how the server ended.
+    pub fn finish(mut self) -> Result<(), fs_share::transport::stream::StreamError> {
+        let _ = self.host.shutdown(std::net::Shutdown::Both);
+        self.server
+            .take()
+            .expect("server thread")
+            .join()
+            .expect("server thread panicked")
+    }
+}
+
+/// (nodeid, mode) of a `fuse_entry_out` reply body: nodeid, generation, entry_valid,
+/// attr_valid, two nsec u32s (40 bytes), then `fuse_attr` whose mode is at offset 60.
+pub fn entry_nodeid_and_mode(body: &[u8]) -> (u64, u32) {
+    let mut n = [0u8; 8];
+    n.copy_from_slice(&body[0..8]);
+    let mut m = [0u8; 4];
+    m.copy_from_slice(&body[100..104]);
+    (u64::from_ne_bytes(n), u32::from_ne_bytes(m))
+}

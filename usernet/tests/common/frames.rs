@@ -157,3 +157,67 @@ pub fn parse_dhcp(
         r.dns_servers.map(|d| d.to_vec()).unwrap_or_default(),
     ))
 }
+
+/// A guest TCP segment without options (ACK, RST, FIN…): `ack` sets the ACK flag.
+pub fn tcp_segment(
+    src_port: u16,
+    dst: (Ipv4Addr, u16),
+    control: TcpControl,
+    seq: u32,
+    ack: Option<u32>,
+) -> Vec<u8> {
+    let repr = TcpRepr {
+        src_port,
+        dst_port: dst.1,
+        control,
+        seq_number: TcpSeqNumber(seq as i32),
+        ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
+        window_len: 64240,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None, None, None],
+        timestamp: None,
+        payload: &[],
+    };
+    let mut b = vec![0u8; repr.header_len()];
+    let mut p = TcpPacket::new_unchecked(&mut b[..]);
+    repr.emit(
+        &mut p,
+        &IpAddress::Ipv4(GUEST),
+        &IpAddress::Ipv4(dst.0),
+        &ChecksumCapabilities::default(),
+    );
+    ipv4(GUEST, dst.0, IpProtocol::Tcp, &b)
+}
+
+/// A TCP segment for the guest, reduced to what the tests look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentToGuest {
+    pub src: Ipv4Addr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub syn: bool,
+    pub ack: bool,
+    pub rst: bool,
+    pub seq: u32,
+}
+
+/// Parses a frame for the guest as a TCP segment.
+pub fn parse_tcp(f: &[u8]) -> Option<SegmentToGuest> {
+    let eth = EthernetFrame::new_checked(f).ok()?;
+    let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+    if ip.next_header() != IpProtocol::Tcp {
+        return None;
+    }
+    let t = TcpPacket::new_checked(ip.payload()).ok()?;
+    Some(SegmentToGuest {
+        src: ip.src_addr(),
+        src_port: t.src_port(),
+        dst_port: t.dst_port(),
+        syn: t.syn(),
+        ack: t.ack(),
+        rst: t.rst(),
+        seq: t.seq_number().0 as u32,
+    })
+}

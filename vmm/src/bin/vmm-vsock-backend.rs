@@ -50,6 +50,10 @@ mod cli {
             .format_timestamp_millis()
             .init();
         let args = Args::parse();
+        // Everything this process creates is owner-only: the vhost-user socket (bound by
+        // vhost-user-backend) and the hybrid sockets. It creates no file for anyone else.
+        // SAFETY: umask cannot fail; set before any thread exists.
+        unsafe { libc::umask(0o077) };
         let result = VsockBackend::new(args.guest_cid, &args.uds_path)
             .map_err(Into::into)
             .and_then(|b| serve(&args.socket, Arc::new(b), args.once));

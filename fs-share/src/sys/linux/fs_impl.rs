@@ -44,10 +44,14 @@ fn is_privileged_xattr(name: &CStr) -> bool {
     b == b"security.capability" || b.starts_with(b"trusted.")
 }
 
-/// HANDLE_KILLPRIV_V2: the client asks us to drop setuid/setgid when an unprivileged
-/// writer modifies a file. We run with CAP_FSETID, so the host kernel would keep them: clear
-/// them ourselves (the host kernel still drops `security.capability` on every write).
-/// Negotiating this lets the client set SB_NOSEC, which saves a GETXATTR round trip per write.
+/// Clears setuid (and setgid when group-executable, as the kernel does) on a regular file
+/// about to be modified. Two callers: HANDLE_KILLPRIV_V2 (the client asks us to drop the bits
+/// when an unprivileged writer modifies a file) and `PassthroughFs::kill_priv_on_modify` (a
+/// share without `allow_setuid` drops them on every modification, whatever the client says).
+/// A root server holds CAP_FSETID, so the host kernel would keep them: we clear them
+/// ourselves (the host kernel still drops `security.capability` on every write). Works on an
+/// O_PATH fd. Negotiating KILLPRIV_V2 lets the client set SB_NOSEC, which saves a GETXATTR
+/// round trip per write.
 fn kill_suidgid(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
     let st = ops::fstat(fd)?;
     let mode = st.st_mode;
@@ -62,7 +66,37 @@ fn kill_suidgid(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// The only inodes the server ever opens for I/O are regular files (directories through
+/// OPENDIR). Anything else is refused with the errno a local open of it would give where that
+/// makes sense (EISDIR, ELOOP for O_NOFOLLOW, ENXIO for a socket); FIFOs and devices are
+/// refused with EACCES: opening them on the guest's behalf could block a worker forever (a
+/// FIFO without a peer) or reach host devices.
+fn require_regular(mode: u32) -> io::Result<()> {
+    match mode & libc::S_IFMT {
+        libc::S_IFREG => Ok(()),
+        libc::S_IFDIR => Err(err(libc::EISDIR)),
+        libc::S_IFLNK => Err(err(libc::ELOOP)),
+        libc::S_IFSOCK => Err(err(libc::ENXIO)),
+        _ => Err(err(libc::EACCES)),
+    }
+}
+
 impl PassthroughFs {
+    /// Drops setuid/setgid before a file's contents change (write, truncate, O_TRUNC,
+    /// fallocate) when the share does not allow setuid, or when the client asked for it
+    /// (`client_asked`: FUSE kill-priv flags). Without this a root server (CAP_FSETID) would
+    /// let the guest rewrite a host setuid binary and keep its bits.
+    fn kill_priv_on_modify(
+        &self,
+        fd: std::os::fd::BorrowedFd<'_>,
+        client_asked: bool,
+    ) -> io::Result<()> {
+        if client_asked || !self.cfg.allow_setuid {
+            kill_suidgid(fd)?;
+        }
+        Ok(())
+    }
+
     fn open_opts(&self, dir: bool) -> OpenOptions {
         match (self.cfg.cache, dir) {
             (CachePolicy::None, false) => OpenOptions::DIRECT_IO,
@@ -252,13 +286,15 @@ impl FileSystem for PassthroughFs {
             if data.file_type != libc::S_IFREG {
                 return Err(err(libc::EINVAL));
             }
+            // A mode set in the same request is the client's explicit choice (and was
+            // filtered by `allowed_mode` above); otherwise the bits go before the data changes.
+            if !valid.contains(SetattrValid::MODE) {
+                self.kill_priv_on_modify(fd.as_fd(), valid.contains(SetattrValid::KILL_SUIDGID))?;
+            }
             let size = attr.st_size;
             match &open {
                 Some(h) => ops::ftruncate(h.file.as_fd(), size)?,
                 None => ops::truncate_fd(fd.as_fd(), size)?,
-            }
-            if valid.contains(SetattrValid::KILL_SUIDGID) && !valid.contains(SetattrValid::MODE) {
-                kill_suidgid(fd.as_fd())?;
             }
         }
         if valid.intersects(SetattrValid::ATIME | SetattrValid::MTIME) {
@@ -376,6 +412,11 @@ impl FileSystem for PassthroughFs {
         if flags & !RENAME_FLAGS != 0 {
             return Err(err(libc::EINVAL));
         }
+        // RENAME_WHITEOUT leaves a 0:0 character device (an overlayfs whiteout) in place of
+        // the source: a device node, so only where the share allows device nodes.
+        if flags & libc::RENAME_WHITEOUT != 0 && !self.cfg.allow_devices {
+            return Err(err(libc::EINVAL));
+        }
         let (_, old) = self.inode(olddir)?;
         let (_, new) = self.inode(newdir)?;
         ops::renameat2(old.as_fd(), oldname, new.as_fd(), newname, flags)
@@ -414,18 +455,14 @@ impl FileSystem for PassthroughFs {
             return Err(err(libc::EROFS));
         }
         let (data, fd) = self.inode(inode)?;
-        match data.file_type {
-            libc::S_IFREG => {}
-            libc::S_IFDIR => return Err(err(libc::EISDIR)),
-            libc::S_IFLNK => return Err(err(libc::ELOOP)),
-            // Never open host fifos, sockets or devices on the guest's behalf.
-            _ => return Err(err(libc::EACCES)),
-        }
+        // The type of an inode never changes, and `fd` is an O_PATH fd of this very inode
+        // (fstat'ed when it entered the table): checked before anything is opened.
+        require_regular(data.file_type)?;
         self.handles.check_room()?;
-        let file = File::from(ops::reopen(self.proc_fd.as_fd(), fd.as_fd(), flags)?);
-        if flags & libc::O_TRUNC != 0 && fuse_flags & FOPEN_IN_KILL_SUIDGID != 0 {
-            kill_suidgid(file.as_fd())?;
+        if flags & libc::O_TRUNC != 0 {
+            self.kill_priv_on_modify(fd.as_fd(), fuse_flags & FOPEN_IN_KILL_SUIDGID != 0)?;
         }
+        let file = File::from(ops::reopen(self.proc_fd.as_fd(), fd.as_fd(), flags)?);
         let h = self.handles.insert(OpenFile {
             inode,
             file,
@@ -448,6 +485,9 @@ impl FileSystem for PassthroughFs {
         let guest = args.flags as i32;
         let flags = guest & OPEN_FLAGS_KEPT;
         let perm = self.allowed_mode(libc::S_IFREG | (args.mode & !args.umask)) & 0o7777;
+        // O_CREAT|O_EXCL never opens an existing name (a FIFO, device or socket there makes
+        // it fail with EEXIST). An existing name is opened O_PATH first (no side effect, never
+        // blocks), its type checked, and only a regular file is reopened with the real flags.
         let (file, created) = match ops::open_beneath(
             dir.as_fd(),
             name,
@@ -456,16 +496,23 @@ impl FileSystem for PassthroughFs {
         ) {
             Ok(f) => (f, true),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) && guest & libc::O_EXCL == 0 => {
-                (ops::open_beneath(dir.as_fd(), name, flags, 0)?, false)
+                let path = ops::open_beneath(dir.as_fd(), name, libc::O_PATH, 0)?;
+                require_regular(ops::fstat(path.as_fd())?.st_mode)?;
+                if flags & libc::O_TRUNC != 0 {
+                    self.kill_priv_on_modify(
+                        path.as_fd(),
+                        args.fuse_flags & FOPEN_IN_KILL_SUIDGID != 0,
+                    )?;
+                }
+                (
+                    ops::reopen(self.proc_fd.as_fd(), path.as_fd(), flags)?,
+                    false,
+                )
             }
             Err(e) => return Err(e),
         };
         if created {
             self.set_owner(file.as_fd(), dir.as_fd(), ctx.uid, ctx.gid, Some(perm))?;
-        } else if ops::fstat(file.as_fd())?.st_mode & libc::S_IFMT != libc::S_IFREG {
-            return Err(err(libc::EACCES));
-        } else if flags & libc::O_TRUNC != 0 && args.fuse_flags & FOPEN_IN_KILL_SUIDGID != 0 {
-            kill_suidgid(file.as_fd())?;
         }
         let path_fd = ops::reopen(self.proc_fd.as_fd(), file.as_fd(), libc::O_PATH)?;
         let entry = self.entry_for(path_fd)?;
@@ -516,9 +563,7 @@ impl FileSystem for PassthroughFs {
     ) -> io::Result<usize> {
         self.check_writable()?;
         let h = self.handle_for(inode, handle)?;
-        if fuse_flags & WRITE_KILL_PRIV != 0 {
-            kill_suidgid(h.file.as_fd())?;
-        }
+        self.kill_priv_on_modify(h.file.as_fd(), fuse_flags & WRITE_KILL_PRIV != 0)?;
         // SAFETY: as in `read`: a non-owning view of an fd kept open by `h`.
         let mut f = ManuallyDrop::new(unsafe { File::from_raw_fd(h.file.as_raw_fd()) });
         r.read_to(&mut *f, size as usize, offset)
@@ -544,6 +589,7 @@ impl FileSystem for PassthroughFs {
     ) -> io::Result<()> {
         self.check_writable()?;
         let h = self.handle_for(inode, handle)?;
+        self.kill_priv_on_modify(h.file.as_fd(), false)?;
         ops::fallocate(h.file.as_fd(), mode, offset, length)
     }
 

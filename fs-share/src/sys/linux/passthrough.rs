@@ -11,7 +11,11 @@
 //!    our own inode fd (AT_EMPTY_PATH or `/proc/self/fd/N`), never on a guest path.
 //! 3. Symlinks are stored and read back, never followed; only regular files and directories
 //!    are ever opened for I/O (a guest OPEN of a device/fifo/socket inode is refused).
-//! 4. Device nodes and setuid/setgid bits are refused/stripped unless the share allows them.
+//! 4. Device nodes (mknod, RENAME_WHITEOUT) and setuid/setgid bits are refused/stripped
+//!    unless the share allows them; without `allow_setuid` the server also drops the bits of
+//!    a file before every write, truncate, O_TRUNC open and fallocate, whatever kill-priv
+//!    flags the client sends (a root server holds CAP_FSETID, so the kernel would keep them).
+//!    CREATE of an existing name opens it O_PATH and checks its type before a real open.
 //! 5. Read-only shares refuse every modifying op with EROFS before touching the host.
 //!
 //! File-descriptor budget: an inode holds a kernel file handle (`name_to_handle_at`) and its

@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -91,14 +91,10 @@ impl Muxer {
             path: uds_path.display().to_string(),
             source,
         };
-        // A socket file left by a previous run would make bind fail; remove only a socket.
-        if let Ok(m) = std::fs::symlink_metadata(uds_path) {
-            use std::os::unix::fs::FileTypeExt;
-            if m.file_type().is_socket() {
-                let _ = std::fs::remove_file(uds_path);
-            }
-        }
-        let listener = UnixListener::bind(uds_path).map_err(listen_err)?;
+        // Owner-only from the start (0600, replacing only a stale socket file): CONNECT 1024
+        // is root exec in the guest.
+        let listener =
+            crate::hostsock::bind_owner_only(uds_path).map_err(|e| listen_err(e.into_io()))?;
         listener.set_nonblocking(true).map_err(listen_err)?;
         let epoll = Epoll::new().map_err(MuxerError::Epoll)?;
         epoll
@@ -423,6 +419,13 @@ impl Muxer {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
+                    if !crate::hostsock::peer_allowed(stream.as_fd()) {
+                        warn_ratelimited!(
+                            "vsock: refused a host client of another user on {}",
+                            self.uds_path.display()
+                        );
+                        continue;
+                    }
                     if self.total_conns() >= MAX_CONNS {
                         warn_ratelimited!(
                             "vsock: connection limit ({MAX_CONNS}) reached; closing a host client"
@@ -643,6 +646,43 @@ mod tests {
         m.send_from_guest(&guest(OP_RST, 1234, req.src_port), &[]);
         assert_eq!(m.conn_count(), 0);
         assert_eq!(client.read(&mut got).unwrap(), 0);
+    }
+
+    /// The hybrid socket is 0600; and where it is reachable anyway (mode widened by hand),
+    /// a client of another uid never gets its CONNECT to the guest: closed at accept.
+    #[test]
+    fn test_host_client_of_another_uid_never_reaches_the_guest() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let d = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut m = muxer(d.path());
+        let sock = d.path().join("v.sock");
+        assert_eq!(std::fs::metadata(&sock).unwrap().mode() & 0o777, 0o600);
+        let Some(r) = crate::hostsock::connect_as_nobody(&sock, "CONNECT 1024\n") else {
+            return;
+        };
+        assert!(r.starts_with("connect-error: Permission denied"), "{r}");
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let path = sock.clone();
+        let nobody =
+            std::thread::spawn(move || crate::hostsock::connect_as_nobody(&path, "CONNECT 1024\n"));
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while !nobody.is_finished() {
+            m.process_host_events();
+            assert!(
+                rx(&mut m).is_none(),
+                "another user's CONNECT reached the guest"
+            );
+            assert!(std::time::Instant::now() < end, "the nobody client hung");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let r = nobody.join().unwrap().unwrap();
+        assert!(r == "eof" || r.starts_with("read-error"), "{r}");
+        // The owner still gets through.
+        let mut client = UnixStream::connect(&sock).unwrap();
+        client.write_all(b"CONNECT 1024\n").unwrap();
+        let (req, _) = pump(&mut m, rx);
+        assert_eq!((req.op, req.dst_port), (OP_REQUEST, 1024));
     }
 
     #[test]
