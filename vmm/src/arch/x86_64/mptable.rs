@@ -48,10 +48,13 @@ pub fn build(base: u64, num_cpus: u8) -> Result<Vec<u8>, MptableError> {
     entries.extend_from_slice(&[2, ioapic_id, IOAPIC_VERSION, 1]);
     entries.extend_from_slice(&IOAPIC_ADDR.to_le_bytes());
     count += 1;
+    // Every ISA IRQ, 0 included, is an ordinary interrupt (mp_INT) on the IOAPIC pin of the
+    // same number: KVM's default GSI routing sends the in-kernel PIT to GSI 0 = pin 0. The
+    // 8259 reaches the CPUs through LINT0 (ExtINT, below), not through an IOAPIC pin. Marking
+    // IRQ 0 ExtINT instead left Linux without a timer pin: its check_timer() dereferenced
+    // IRQ 0's missing IOAPIC data (oops in setup_IO_APIC, CR2 0x4, seen booting our kernel).
     for irq in 0..IOAPIC_PINS as u8 {
-        // Pin 0 carries the 8259's ExtINT; the others are plain ISA interrupts, identity-routed.
-        let kind = if irq == 0 { 3 } else { 0 };
-        entries.extend_from_slice(&[3, kind, 0, 0, 0, irq, ioapic_id, irq]);
+        entries.extend_from_slice(&[3, 0, 0, 0, 0, irq, ioapic_id, irq]);
         count += 1;
     }
     entries.extend_from_slice(&[4, 3, 0, 0, 0, 0, 0xff, 0]); // ExtINT → LINT0 of all
@@ -120,6 +123,22 @@ mod tests {
             assert_eq!(off, len);
             assert_eq!(cpu_entries, cpus);
         }
+    }
+
+    #[test]
+    fn test_mptable_isa_irq0_is_an_ioapic_interrupt_not_extint() {
+        let t = build(EBDA_START, 2).unwrap();
+        let cfg = &t[16..];
+        let mut off = 44;
+        let mut irq0 = None;
+        while off < cfg.len() {
+            if cfg[off] == 3 && cfg[off + 5] == 0 {
+                irq0 = Some((cfg[off + 1], cfg[off + 7]));
+            }
+            off += if cfg[off] == 0 { 20 } else { 8 };
+        }
+        // (interrupt type mp_INT = 0, IOAPIC pin 0): Linux's check_timer needs this entry.
+        assert_eq!(irq0, Some((0, 0)));
     }
 
     #[test]
