@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use error::ConfigError;
-pub use mount::Mount;
+pub use mount::{parse_list as mount_list, Mount};
 pub use value::{format_size_mib, parse_size_mib, Key, Setting};
 
 /// The keys, for messages.

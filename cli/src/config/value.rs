@@ -89,7 +89,7 @@ pub fn parse_size_mib(s: &str) -> Result<u64, String> {
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     if num.is_empty() {
-        return Err(format!("{s:?} is not a size like 4GiB or 512MiB"));
+        return Err("not a size like 4GiB or 512MiB".into());
     }
     let mul = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "m" | "mb" | "mib" => 1,
@@ -97,7 +97,7 @@ pub fn parse_size_mib(s: &str) -> Result<u64, String> {
         "t" | "tb" | "tib" => 1024 * 1024,
         _ => {
             return Err(format!(
-                "{s:?}: unknown unit {:?} (use a whole number of MiB, GiB or TiB)",
+                "unknown unit {:?}; use a whole number of MiB, GiB or TiB",
                 unit.trim()
             ))
         }
@@ -106,7 +106,7 @@ pub fn parse_size_mib(s: &str) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(mul))
         .filter(|v| *v > 0)
-        .ok_or_else(|| format!("{s:?} is out of range"))
+        .ok_or_else(|| "out of range; use a size like 4GiB or 512MiB".to_string())
 }
 
 pub fn format_size_mib(mib: u64) -> String {
