@@ -73,7 +73,12 @@ pub fn run(name: &NameArg, c: ConfigCommand) -> anyhow::Result<()> {
 /// Edits a copy (`config.toml.edit`, kept across tries) and puts it in place only once it
 /// checks out, like `visudo`.
 fn edit(inst: &Instance, path: &std::path::Path) -> anyhow::Result<()> {
-    // The current file must at least be readable; a broken one is what edit is for.
+    let editor = std::env::var("EDITOR").unwrap_or_else(|_| "vi".into());
+    let mut words = editor.split_whitespace();
+    let Some(program) = words.next() else {
+        bail!("$EDITOR is empty; set it to your editor, e.g. EDITOR=nano");
+    };
+    // A broken current file is fine: fixing it is what edit is for.
     let draft = inst.dir.join("config.toml.edit");
     inst.create_dirs()?;
     if !draft.exists() {
@@ -87,11 +92,6 @@ fn edit(inst: &Instance, path: &std::path::Path) -> anyhow::Result<()> {
         }
         .with_context(|| format!("copy {} to {}", path.display(), draft.display()))?;
     }
-    let editor = std::env::var("EDITOR").unwrap_or_else(|_| "vi".into());
-    let mut words = editor.split_whitespace();
-    let Some(program) = words.next() else {
-        bail!("$EDITOR is empty; set it to your editor, e.g. EDITOR=nano");
-    };
     let st = std::process::Command::new(program)
         .args(words)
         .arg(&draft)

@@ -218,7 +218,10 @@ pub fn list(a: ListArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&reports)?);
         return Ok(());
     }
-    println!("{:<16} {:<10} {:<22} DOCKER SOCKET", "NAME", "STATE", "ENGINE");
+    println!(
+        "{:<16} {:<10} {:<22} DOCKER SOCKET",
+        "NAME", "STATE", "ENGINE"
+    );
     for r in &reports {
         let engine = if r.running {
             r.state.engine.as_str()
@@ -240,7 +243,10 @@ mod tests {
     #[test]
     fn test_engine_summary_says_reason_once() {
         assert_eq!(
-            engine_summary("qemu on TCG", "/dev/kvm is PVM (kvm_pvm), which cannot boot"),
+            engine_summary(
+                "qemu on TCG",
+                "/dev/kvm is PVM (kvm_pvm), which cannot boot"
+            ),
             "qemu on TCG — /dev/kvm is PVM (kvm_pvm), which cannot boot"
         );
         assert_eq!(engine_summary("builtin (KVM)", "KVM"), "builtin (KVM)");

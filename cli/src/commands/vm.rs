@@ -57,7 +57,8 @@ impl StartArgs {
             ("--disk-size", Key::DiskSize, &self.disk_size),
         ] {
             if let Some(v) = value {
-                let s = Setting::from_text(key, v).map_err(|why| anyhow!("{flag} {v:?}: {why}"))?;
+                let s = Setting::from_text(key, v)
+                    .map_err(|why| anyhow!("{flag} {}: {why}", config::shown(v)))?;
                 out.push((format!("{flag} {v}"), s));
             }
         }
@@ -65,9 +66,13 @@ impl StartArgs {
             let list = config::mount_list(self.mounts.iter().map(String::as_str))
                 .map_err(|why| anyhow!("--mount {why}"))?;
             for m in &list {
-                m.check_host().map_err(|why| anyhow!("--mount {m}: {why}"))?;
+                m.check_host()
+                    .map_err(|why| anyhow!("--mount {m}: {why}"))?;
             }
-            let shown = list.iter().map(|m| format!("--mount {m}")).collect::<Vec<_>>();
+            let shown = list
+                .iter()
+                .map(|m| format!("--mount {m}"))
+                .collect::<Vec<_>>();
             out.push((shown.join(" "), Setting::Mounts(list)));
         }
         if self.nested {
@@ -137,14 +142,14 @@ pub fn start(name: &NameArg, a: StartArgs) -> anyhow::Result<()> {
     let cfg = run.resolve()?;
     cfg.check_host()?;
     let (engine, why) = supervisor::engine::choose(cfg.engine)?;
-    let kernel_given = given_asset("VMCTL_KERNEL")?;
-    let rootfs_given = given_asset("VMCTL_ROOTFS")?;
     if let Some(agent) = a.agent.as_ref().filter(|p| !p.is_file()) {
         bail!(
             "--agent {}: not a file; build the guest agent or leave --agent out",
             agent.display()
         );
     }
+    let kernel_given = given_asset("VMCTL_KERNEL")?;
+    let rootfs_given = given_asset("VMCTL_ROOTFS")?;
 
     inst.create_dirs()?;
     if inst.running_supervisor().is_some() {
@@ -363,6 +368,13 @@ pub fn logs(name: &NameArg, a: LogsArgs) -> anyhow::Result<()> {
         inst.log("supervisor")
     };
     let filter_agent = a.agent;
+    if !path.exists() {
+        bail!(
+            "instance {} has no log at {} yet; start it with `vmctl start`",
+            inst.name,
+            path.display()
+        );
+    }
     let mut f = std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
     let mut out = std::io::stdout();
     let mut pos = 0u64;

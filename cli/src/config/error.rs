@@ -50,7 +50,7 @@ pub enum ConfigError {
     },
     #[error("Unknown key {0:?}; known keys: {KEY_LIST}")]
     UnknownKey(String),
-    #[error("Invalid {key} {value:?}: {why}")]
+    #[error("Invalid {key} {}: {why}", super::shown(value))]
     Value {
         key: &'static str,
         value: String,

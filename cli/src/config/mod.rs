@@ -122,6 +122,19 @@ impl Config {
     }
 }
 
+/// `value` for a message: quoted, and cut short when it is long.
+pub fn shown(value: &str) -> String {
+    const MAX: usize = 64;
+    if value.len() <= MAX {
+        return format!("{value:?}");
+    }
+    let mut end = MAX;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}... ({} bytes)", &value[..end], value.len())
+}
+
 /// 1-based line of byte `offset` in `text`.
 fn line_of(text: &[u8], offset: usize) -> usize {
     let end = offset.min(text.len());

@@ -19,7 +19,10 @@ fn check_path(which: &str, p: &str) -> Result<(), String> {
         return Err(format!("the {which} folder is empty"));
     }
     if !p.starts_with('/') {
-        return Err(format!("the {which} folder {p:?} is not an absolute path"));
+        return Err(format!(
+            "the {which} folder {} is not an absolute path",
+            super::shown(p)
+        ));
     }
     if p.len() > MAX_PATH {
         return Err(format!(
@@ -28,7 +31,10 @@ fn check_path(which: &str, p: &str) -> Result<(), String> {
         ));
     }
     if Path::new(p).components().any(|c| c == Component::ParentDir) {
-        return Err(format!("the {which} folder {p:?} contains '..'"));
+        return Err(format!(
+            "the {which} folder {} contains '..'",
+            super::shown(p)
+        ));
     }
     Ok(())
 }
@@ -67,8 +73,9 @@ impl std::str::FromStr for Mount {
         check_path("guest", guest)?;
         if guest.contains(char::is_whitespace) {
             return Err(format!(
-                "the guest folder {guest:?} contains whitespace, which the guest's kernel \
-                 command line cannot carry; give one without: HOSTDIR:/GUESTDIR"
+                "the guest folder {} contains whitespace, which the guest's kernel \
+                 command line cannot carry; give one without: HOSTDIR:/GUESTDIR",
+                super::shown(guest)
             ));
         }
         if Path::new(guest) == Path::new("/") {
@@ -115,10 +122,13 @@ impl Mount {
 pub fn parse_list<'a>(items: impl IntoIterator<Item = &'a str>) -> Result<Vec<Mount>, String> {
     let mut out: Vec<Mount> = Vec::new();
     for item in items {
-        let m: Mount = item.parse().map_err(|why| format!("{item:?}: {why}"))?;
+        let m: Mount = item
+            .parse()
+            .map_err(|why| format!("{}: {why}", super::shown(item)))?;
         if out.iter().any(|o| o.guest == m.guest) {
             return Err(format!(
-                "{item:?}: two mounts share the guest folder {}",
+                "{}: two mounts share the guest folder {}",
+                super::shown(item),
                 m.guest.display()
             ));
         }

@@ -75,10 +75,7 @@ fn test_config_non_utf8_and_huge_file_rejected() {
 
 #[test]
 fn test_config_empty_file_is_defaults() {
-    assert_eq!(
-        ConfigFile::parse("", "x").unwrap(),
-        ConfigFile::default()
-    );
+    assert_eq!(ConfigFile::parse("", "x").unwrap(), ConfigFile::default());
     let c = ConfigFile::default().resolve().unwrap();
     assert!((1..=8).contains(&c.cpus));
     assert!(c.share_home && !c.nested && c.mounts.is_empty());
@@ -89,5 +86,8 @@ fn test_config_check_host_names_missing_folder() {
     let mut f = ConfigFile::default();
     f.set("mounts", "/nonexistent-vmctl-test").unwrap();
     let e = f.resolve().unwrap().check_host().unwrap_err().to_string();
-    assert!(e.contains("/nonexistent-vmctl-test") && e.contains("vmctl config set mounts"), "{e}");
+    assert!(
+        e.contains("/nonexistent-vmctl-test") && e.contains("vmctl config set mounts"),
+        "{e}"
+    );
 }

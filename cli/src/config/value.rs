@@ -220,9 +220,7 @@ impl Setting {
             (Key::Memory | Key::DiskSize, _) => return Err(wrong("a size like \"4GiB\"")),
             (Key::ShareHome, V::Boolean(b)) => Setting::ShareHome(*b),
             (Key::Nested, V::Boolean(b)) => Setting::Nested(*b),
-            (Key::ShareHome | Key::Nested, _) => {
-                return Err(wrong("true or false without quotes"))
-            }
+            (Key::ShareHome | Key::Nested, _) => return Err(wrong("true or false without quotes")),
             (Key::Mounts, V::Array(items)) => {
                 let mut list = Vec::new();
                 for item in items {
@@ -253,7 +251,16 @@ mod tests {
         assert_eq!(parse_size_mib("512M"), Ok(512));
         assert_eq!(parse_size_mib("2048"), Ok(2048));
         assert_eq!(parse_size_mib("1T"), Ok(1 << 20));
-        for bad in ["4XB", "-1G", "0", "99999999999999999999G", "", "G", "4.5G", "4KiB"] {
+        for bad in [
+            "4XB",
+            "-1G",
+            "0",
+            "99999999999999999999G",
+            "",
+            "G",
+            "4.5G",
+            "4KiB",
+        ] {
             assert!(parse_size_mib(bad).is_err(), "{bad:?}");
         }
     }
