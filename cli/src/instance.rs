@@ -228,36 +228,52 @@ impl Instance {
     }
 }
 
-/// Kills processes a crashed supervisor left behind (QEMU, device backends): any process
-/// other than us whose command line names a file in the instance directory. Returns their
-/// pids. Without this a second VM could open the same data disk.
-pub fn kill_leftovers(inst: &Instance) -> Vec<u32> {
+/// Processes other than us whose command line names a file in the instance directory: the
+/// VM's engine and device backends (QEMU, usernet, fs-share, the builtin VMM).
+pub fn processes_of(inst: &Instance) -> Vec<u32> {
     let me = std::process::id();
-    let needle = inst.dir.display().to_string();
-    let mut killed = Vec::new();
+    let needle = format!("{}/", inst.dir.display());
     let Ok(rd) = std::fs::read_dir("/proc") else {
-        return killed;
+        return Vec::new();
     };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let names_dir = cmd
-            .split(|b| *b == 0)
-            .any(|arg| String::from_utf8_lossy(arg).contains(&format!("{needle}/")));
-        if names_dir && process_alive(pid) {
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmd| {
+                cmd.split(|b| *b == 0)
+                    .any(|arg| String::from_utf8_lossy(arg).contains(&needle))
+            })
+        })
+        .collect()
+}
+
+/// Kills processes a crashed supervisor left behind (QEMU, device backends): see
+/// [`processes_of`]. Returns their pids. Without this a second VM could open the same data
+/// disk.
+pub fn kill_leftovers(inst: &Instance) -> Vec<u32> {
+    let mut killed = Vec::new();
+    for pid in processes_of(inst) {
+        if process_alive(pid) {
             // SAFETY: kill(2) on a pid we just read from /proc; at worst it is gone already.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
             killed.push(pid);
         }
     }
     killed
+}
+
+/// Resident memory of a process in MiB (`VmRSS`), if it can be read.
+pub fn rss_mib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib / 1024)
 }
 
 /// The last `max` bytes of a file (empty if it cannot be read), without reading the rest.

@@ -6,7 +6,10 @@ mod commands;
 #[cfg(unix)]
 fn main() {
     use clap::Parser;
-    let cli = commands::Cli::parse();
+    let cli = match commands::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => usage_error(e),
+    };
     if let Err(e) = commands::run(cli) {
         eprintln!("vmctl: error: {e}");
         for cause in e.chain().skip(1) {
@@ -25,6 +28,45 @@ fn main() {
         }
         std::process::exit(1);
     }
+}
+
+/// Help and version go out as clap prints them; a usage error is one line, like every other
+/// error of vmctl (clap's own text folded: its tip kept, the usage block left to `--help`).
+#[cfg(unix)]
+fn usage_error(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let mut parts: Vec<String> = Vec::new();
+    let mut skip_block = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.is_empty() {
+            skip_block = false;
+            continue;
+        }
+        if t.starts_with("Usage:") {
+            skip_block = true;
+        }
+        if skip_block {
+            continue;
+        }
+        let t = t.strip_prefix("error: ").unwrap_or(t);
+        let t = t
+            .strip_prefix("For more information, try ")
+            .map(|rest| format!("see {}", rest.trim_end_matches('.')))
+            .unwrap_or_else(|| t.to_string());
+        parts.push(t);
+    }
+    eprintln!("vmctl: error: {}", parts.join("; ").replace(":;", ":"));
+    std::process::exit(2);
 }
 
 #[cfg(not(unix))]

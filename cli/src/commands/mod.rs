@@ -5,6 +5,7 @@ mod context;
 mod exec;
 mod image;
 mod mount;
+mod status;
 mod vm;
 
 use clap::{Parser, Subcommand};
@@ -28,10 +29,10 @@ enum Command {
     Start(vm::StartArgs),
     /// Stop the VM: the guest syncs and powers off, then the supervisor exits.
     Stop(vm::StopArgs),
-    /// Show the instance's state, engine, sizes and forwarded ports.
-    Status(vm::StatusArgs),
+    /// Show the instance's state, engine, sizes, shared folders, forwarded ports and uptime.
+    Status(status::StatusArgs),
     /// List instances.
-    List,
+    List(status::ListArgs),
     /// Open a shell in the VM (on a terminal in the guest when run from one).
     Shell,
     /// Run a command in the VM: `vmctl exec [-t] -- CMD [ARGS...]`.
@@ -69,8 +70,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Image(c) => image::run(c),
         Command::Start(a) => vm::start(&cli.name, a),
         Command::Stop(a) => vm::stop(&cli.name, a),
-        Command::Status(a) => vm::status(&cli.name, a),
-        Command::List => vm::list(),
+        Command::Status(a) => status::status(&cli.name, a),
+        Command::List(a) => status::list(a),
         Command::Shell => exec::shell(&cli.name),
         Command::Exec { tty, cmd } => exec::exec(&cli.name, tty, cmd),
         Command::Logs(a) => vm::logs(&cli.name, a),

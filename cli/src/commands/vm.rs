@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use clap::Args;
-use vmctl::config::{ConfigFile, EngineChoice, Mount};
+use vmctl::config::{self, ConfigFile, EngineChoice, Key, Setting};
 use vmctl::image::{kernel, rootfs};
 use vmctl::instance::{self, Instance};
 use vmctl::supervisor::{self, control, Assets};
@@ -20,26 +20,78 @@ pub struct NameArg {
 
 #[derive(Debug, Args)]
 pub struct StartArgs {
-    /// Which engine runs the VM (saved in the instance config).
+    /// Which engine runs the VM.
     #[arg(long, value_enum)]
     engine: Option<EngineChoice>,
-    #[arg(long)]
-    cpus: Option<u32>,
-    /// Guest memory, e.g. 4GiB.
-    #[arg(long)]
+    /// vCPUs, 1-32 (default: all the host's CPUs but one, at most 8).
+    #[arg(long, allow_hyphen_values = true)]
+    cpus: Option<String>,
+    /// Guest memory, e.g. 4GiB (default: a quarter of host RAM, up to 2GiB within half).
+    #[arg(long, allow_hyphen_values = true)]
     memory: Option<String>,
-    /// Size of the sparse data disk for /var/lib/docker, e.g. 64GiB.
-    #[arg(long)]
+    /// Size of the sparse data disk for /var/lib/docker, e.g. 64GiB (used when it is created).
+    #[arg(long, allow_hyphen_values = true)]
     disk_size: Option<String>,
     /// Share a host folder: HOSTDIR[:GUESTDIR][:ro] (repeatable; replaces saved mounts).
-    #[arg(long = "mount")]
+    #[arg(long = "mount", allow_hyphen_values = true)]
     mounts: Vec<String>,
-    /// Give the VM a /dev/kvm of its own (saved in the instance config).
+    /// Give the VM a /dev/kvm of its own.
     #[arg(long)]
     nested: bool,
     /// The static guest agent to put in the root image (default: the musl build).
     #[arg(long)]
     agent: Option<PathBuf>,
+}
+
+impl StartArgs {
+    /// The flags as checked settings. Flags apply to this start and are saved into
+    /// `config.toml` once the VM runs (see `vmctl::config`).
+    fn settings(&self) -> anyhow::Result<Vec<(String, Setting)>> {
+        let mut out = Vec::new();
+        if let Some(e) = self.engine {
+            out.push((format!("--engine {}", e.as_str()), Setting::Engine(e)));
+        }
+        for (flag, key, value) in [
+            ("--cpus", Key::Cpus, &self.cpus),
+            ("--memory", Key::Memory, &self.memory),
+            ("--disk-size", Key::DiskSize, &self.disk_size),
+        ] {
+            if let Some(v) = value {
+                let s = Setting::from_text(key, v)
+                    .map_err(|why| anyhow!("{flag} {}: {why}", config::shown(v)))?;
+                out.push((format!("{flag} {v}"), s));
+            }
+        }
+        if !self.mounts.is_empty() {
+            let list = config::mount_list(self.mounts.iter().map(String::as_str))
+                .map_err(|why| anyhow!("--mount {why}"))?;
+            for m in &list {
+                m.check_host()
+                    .map_err(|why| anyhow!("--mount {m}: {why}"))?;
+            }
+            let shown = list
+                .iter()
+                .map(|m| format!("--mount {m}"))
+                .collect::<Vec<_>>();
+            out.push((shown.join(" "), Setting::Mounts(list)));
+        }
+        if self.nested {
+            out.push(("--nested".into(), Setting::Nested(true)));
+        }
+        Ok(out)
+    }
+}
+
+/// `$VMCTL_KERNEL`/`$VMCTL_ROOTFS` when set: they must name files.
+fn given_asset(var: &str) -> anyhow::Result<Option<PathBuf>> {
+    match std::env::var_os(var).map(PathBuf::from) {
+        Some(p) if p.is_file() => Ok(Some(p)),
+        Some(p) => bail!(
+            "${var} names {}, which is not a file; unset it to use vmctl's own",
+            p.display()
+        ),
+        None => Ok(None),
+    }
 }
 
 fn step(n: u32, total: u32, msg: &str) {
@@ -55,24 +107,22 @@ fn ping(sock: &std::path::Path) -> bool {
 }
 
 /// The kernel and root image: `$VMCTL_KERNEL`/`$VMCTL_ROOTFS` when set (a kernel or image
-/// of the user's own, or prebuilt ones handed to a VM that runs vmctl itself), else the
-/// project's, built and cached on first use.
-fn guest_assets(total: u32, agent: Option<PathBuf>) -> anyhow::Result<Assets> {
-    let given = |var: &str| -> anyhow::Result<Option<PathBuf>> {
-        match std::env::var_os(var).map(PathBuf::from) {
-            Some(p) if p.is_file() => Ok(Some(p)),
-            Some(p) => bail!("${var} names {}, which is not a file; unset it to use vmctl's own", p.display()),
-            None => Ok(None),
-        }
-    };
+/// of the user's own, or prebuilt ones handed to a VM that runs vmctl itself; checked by
+/// `start` before anything else), else the project's, built and cached on first use.
+fn guest_assets(
+    total: u32,
+    kernel: Option<PathBuf>,
+    rootfs: Option<PathBuf>,
+    agent: Option<PathBuf>,
+) -> anyhow::Result<Assets> {
     let progress = |msg: &str| eprintln!("      {msg}");
     step(1, total, "guest kernel");
-    let kernel = match given("VMCTL_KERNEL")? {
+    let kernel = match kernel {
         Some(k) => k,
         None => kernel::ensure(&progress)?.bzimage,
     };
     step(2, total, "root image");
-    let rootfs = match given("VMCTL_ROOTFS")? {
+    let rootfs = match rootfs {
         Some(r) => r,
         None => rootfs::ensure(&super::image::agent_path(agent)?, &progress)?.image,
     };
@@ -81,9 +131,34 @@ fn guest_assets(total: u32, agent: Option<PathBuf>) -> anyhow::Result<Assets> {
 
 pub fn start(name: &NameArg, a: StartArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
+    // Check all input before writing anything: flags, the file, the host's side of both.
     let inst = Instance::new(&name.name)?;
+    let flags = a.settings()?;
+    let cfg_path = config::config_path(&inst.dir);
+    let mut run = ConfigFile::load(&cfg_path)?;
+    for (_, s) in &flags {
+        run.apply(s.clone());
+    }
+    let cfg = run.resolve()?;
+    cfg.check_host()?;
+    let (engine, why) = supervisor::engine::choose(cfg.engine)?;
+    if let Some(agent) = a.agent.as_ref().filter(|p| !p.is_file()) {
+        bail!(
+            "--agent {}: not a file; build the guest agent or leave --agent out",
+            agent.display()
+        );
+    }
+    let kernel_given = given_asset("VMCTL_KERNEL")?;
+    let rootfs_given = given_asset("VMCTL_ROOTFS")?;
+
     inst.create_dirs()?;
     if inst.running_supervisor().is_some() {
+        if !flags.is_empty() {
+            eprintln!(
+                "vmctl: instance {} is already running: flags not applied; `vmctl stop` first",
+                inst.name
+            );
+        }
         if ping(&inst.docker_sock()) {
             eprintln!("vmctl: instance {} is already running", inst.name);
             println!("DOCKER_HOST=unix://{}", inst.docker_sock().display());
@@ -104,43 +179,13 @@ pub fn start(name: &NameArg, a: StartArgs) -> anyhow::Result<()> {
             inst.name
         );
     }
-
-    let cfg_path = inst.dir.join("config.toml");
-    let mut file = ConfigFile::load(&cfg_path)?;
-    if let Some(e) = a.engine {
-        file.set("engine", &format!("{e:?}").to_lowercase())?;
-    }
-    if let Some(c) = a.cpus {
-        file.set("cpus", &c.to_string())?;
-    }
-    if a.nested {
-        file.set("nested", "true")?;
-    }
-    if let Some(m) = &a.memory {
-        file.set("memory", m)?;
-    }
-    if let Some(d) = &a.disk_size {
-        file.set("disk_size", d)?;
-    }
-    if !a.mounts.is_empty() {
-        for m in &a.mounts {
-            m.parse::<Mount>()
-                .map_err(|e| anyhow::anyhow!("--mount {e}"))?;
-        }
-        file.set("mounts", &a.mounts.join(","))?;
-    }
-    file.save(&cfg_path)?;
-    let cfg = file.resolve()?;
-    for m in &cfg.mounts {
-        if !m.host.is_dir() {
-            bail!("shared folder {} does not exist; create it or remove it with `vmctl config set mounts ...`", m.host.display());
-        }
-    }
-    let (engine, why) = supervisor::engine::choose(cfg.engine)?;
+    // The supervisor runs from this run's effective configuration; config.toml changes
+    // only once the VM is up.
+    run.save(&inst.dir.join("run.toml"))?;
     eprintln!("vmctl: engine {} ({why})", engine.as_str());
 
     let total = 4;
-    let assets = guest_assets(total, a.agent)?;
+    let assets = guest_assets(total, kernel_given, rootfs_given, a.agent)?;
 
     step(
         3,
@@ -190,11 +235,31 @@ pub fn start(name: &NameArg, a: StartArgs) -> anyhow::Result<()> {
         total,
         &format!("Docker is ready ({:.1} s)", t0.elapsed().as_secs_f64()),
     );
+    if !flags.is_empty() {
+        save_flags(&cfg_path, &flags)?;
+    }
     match super::context::ensure_context(&inst, false) {
         Ok(()) => eprintln!("vmctl: docker context 'vmctl' points at the VM (`docker --context vmctl ...`, or `vmctl docker-context --use`)"),
         Err(e) => eprintln!("vmctl: note: could not set up the docker context: {e:#}"),
     }
     println!("DOCKER_HOST=unix://{}", inst.docker_sock().display());
+    Ok(())
+}
+
+/// Saves the flags of a start that succeeded into `config.toml`, read again (it may have
+/// been edited meanwhile).
+fn save_flags(cfg_path: &std::path::Path, flags: &[(String, Setting)]) -> anyhow::Result<()> {
+    let mut file = ConfigFile::load(cfg_path)?;
+    for (_, s) in flags {
+        file.apply(s.clone());
+    }
+    file.save(cfg_path)?;
+    let shown: Vec<&str> = flags.iter().map(|(f, _)| f.as_str()).collect();
+    eprintln!(
+        "vmctl: saved {} in {} for the next starts",
+        shown.join(" "),
+        cfg_path.display()
+    );
     Ok(())
 }
 
@@ -256,71 +321,6 @@ pub fn stop(name: &NameArg, a: StopArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[derive(Debug, Args)]
-pub struct StatusArgs {
-    /// Machine-readable output.
-    #[arg(long)]
-    json: bool,
-}
-
-pub fn status(name: &NameArg, a: StatusArgs) -> anyhow::Result<()> {
-    let inst = Instance::new(&name.name)?;
-    let running = inst.running_supervisor().is_some();
-    let mut state = inst.read_state()?.unwrap_or_default();
-    if !running && state.phase != "stopped" && !state.phase.is_empty() {
-        state.phase = "stopped (supervisor not running)".into();
-    }
-    if state.phase.is_empty() {
-        state.phase = if inst.exists() {
-            "stopped".into()
-        } else {
-            "not created".into()
-        };
-    }
-    if a.json {
-        let mut v = serde_json::to_value(&state)?;
-        v["name"] = inst.name.clone().into();
-        v["docker_socket"] = inst.docker_sock().display().to_string().into();
-        v["running"] = running.into();
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
-    }
-    println!("name:    {}", inst.name);
-    println!("state:   {}", state.phase);
-    if running {
-        println!("engine:  {} ({})", state.engine, state.engine_reason);
-        println!("size:    {} vCPUs, {} MiB", state.cpus, state.memory_mib);
-        println!("docker:  unix://{}", inst.docker_sock().display());
-        println!("message: {}", state.message);
-        for p in &state.ports {
-            println!("port:    {}/{} {}", p.port, p.proto, p.status);
-        }
-    }
-    Ok(())
-}
-
-pub fn list() -> anyhow::Result<()> {
-    println!("{:<16} {:<10} DOCKER SOCKET", "NAME", "STATE");
-    for inst in instance::list() {
-        let state = if inst.running_supervisor().is_some() {
-            inst.read_state()
-                .ok()
-                .flatten()
-                .map(|s| s.phase)
-                .unwrap_or_else(|| "starting".into())
-        } else {
-            "stopped".into()
-        };
-        println!(
-            "{:<16} {:<10} {}",
-            inst.name,
-            state,
-            inst.docker_sock().display()
-        );
-    }
-    Ok(())
-}
-
 pub fn delete(name: &NameArg) -> anyhow::Result<()> {
     let inst = Instance::new(&name.name)?;
     if inst.running_supervisor().is_some() {
@@ -368,6 +368,13 @@ pub fn logs(name: &NameArg, a: LogsArgs) -> anyhow::Result<()> {
         inst.log("supervisor")
     };
     let filter_agent = a.agent;
+    if !path.exists() {
+        bail!(
+            "instance {} has no log at {} yet; start it with `vmctl start`",
+            inst.name,
+            path.display()
+        );
+    }
     let mut f = std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
     let mut out = std::io::stdout();
     let mut pos = 0u64;

@@ -194,7 +194,8 @@ fn stop_vm(inst: &Instance, vm: &mut Box<dyn Engine>, force: bool) {
 pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
     inst.create_dirs()?;
     std::fs::write(inst.pid_file(), std::process::id().to_string()).context("write pid file")?;
-    let cfg = ConfigFile::load(&inst.dir.join("config.toml"))?.resolve()?;
+    // The effective configuration `vmctl start` checked for this run (file plus flags).
+    let cfg = ConfigFile::load(&crate::config::run_path(&inst.dir))?.resolve()?;
     let (kind, reason) = engine::choose(cfg.engine)?;
     let state = Arc::new(Mutex::new(State {
         supervisor_pid: std::process::id(),
