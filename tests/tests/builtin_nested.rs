@@ -103,10 +103,8 @@ fn test_builtin_engine_runs_linux_and_the_docker_vm_in_the_nested_bed() {
          exit 1\n",
     )
     .unwrap();
-    let initramfs = vmctl_tests::busybox_initramfs(
-        &scratch,
-        "echo NESTED-LINUX-BOOTED $(uname -r); reboot -f",
-    );
+    let initramfs =
+        vmctl_tests::busybox_initramfs(&scratch, "echo NESTED-LINUX-BOOTED $(uname -r); reboot -f");
 
     // The outer VM: qemu engine, a KVM of its own, room for the inner VM.
     env.vmctl_ok(&["config", "set", "share_home", "false"], STEP);
@@ -129,7 +127,10 @@ fn test_builtin_engine_runs_linux_and_the_docker_vm_in_the_nested_bed() {
         args.extend(["--mount", m]);
     }
     let took = env.start(&args);
-    eprintln!("outer vmctl start (qemu, TCG, --nested): {:.1} s", took.as_secs_f64());
+    eprintln!(
+        "outer vmctl start (qemu, TCG, --nested): {:.1} s",
+        took.as_secs_f64()
+    );
 
     // The outer guest has a real KVM.
     let kvm = outer_ok(
@@ -172,9 +173,8 @@ fn test_builtin_engine_runs_linux_and_the_docker_vm_in_the_nested_bed() {
         ),
         STEP,
     );
-    let start = format!(
-        "--cpus 1 --memory 1536MiB --disk-size 4GiB --mount {SCRATCH}/share:/mnt/share"
-    );
+    let start =
+        format!("--cpus 1 --memory 1536MiB --disk-size 4GiB --mount {SCRATCH}/share:/mnt/share");
     let out = outer_ok(
         &env,
         "inner vmctl start --engine builtin",
@@ -189,7 +189,10 @@ fn test_builtin_engine_runs_linux_and_the_docker_vm_in_the_nested_bed() {
     outer_ok(
         &env,
         "docker import (inner)",
-        &format!("{docker} import {SCRATCH}/{} nested-busybox", file_name(&tar)),
+        &format!(
+            "{docker} import {SCRATCH}/{} nested-busybox",
+            file_name(&tar)
+        ),
         Duration::from_secs(300),
     );
     // virtio-fs (in-process fs-share): a bind mount of a shared folder.
@@ -204,18 +207,14 @@ fn test_builtin_engine_runs_linux_and_the_docker_vm_in_the_nested_bed() {
     outer_ok(
         &env,
         "docker volume write (inner)",
-        &format!(
-            "{docker} run --rm -v keep:/v nested-busybox sh -c 'echo kept-data > /v/f'"
-        ),
+        &format!("{docker} run --rm -v keep:/v nested-busybox sh -c 'echo kept-data > /v/f'"),
         Duration::from_secs(300),
     );
     // A published port reaches the outer machine's 127.0.0.1.
     outer_ok(
         &env,
         "docker run -p (inner)",
-        &format!(
-            "{docker} run -d --name web -p 18080:80 nested-busybox httpd -f -p 80 -h /www"
-        ),
+        &format!("{docker} run -d --name web -p 18080:80 nested-busybox httpd -f -p 80 -h /www"),
         Duration::from_secs(300),
     );
     let page = outer_ok(
@@ -229,7 +228,12 @@ fn test_builtin_engine_runs_linux_and_the_docker_vm_in_the_nested_bed() {
     assert!(uname.contains("vmctl"), "{uname}");
 
     // Stop, start again: the image and the volume are still there.
-    outer_ok(&env, "inner vmctl stop", &ivm("stop"), Duration::from_secs(120));
+    outer_ok(
+        &env,
+        "inner vmctl stop",
+        &ivm("stop"),
+        Duration::from_secs(120),
+    );
     outer_ok(
         &env,
         "inner vmctl start (second)",
@@ -243,6 +247,11 @@ fn test_builtin_engine_runs_linux_and_the_docker_vm_in_the_nested_bed() {
         Duration::from_secs(300),
     );
     assert!(kept.contains("kept-data"), "{kept}");
-    outer_ok(&env, "inner vmctl stop (final)", &ivm("stop"), Duration::from_secs(120));
+    outer_ok(
+        &env,
+        "inner vmctl stop (final)",
+        &ivm("stop"),
+        Duration::from_secs(120),
+    );
     env.vmctl_ok(&["stop"], Duration::from_secs(120));
 }

@@ -10,6 +10,7 @@ use vm_superio::I8042Device;
 use super::vcpu::Buses;
 use super::{BuiltinError, ExitSignal, VmConfig, VmExit};
 use crate::arch::x86_64::{boot, layout, mptable, regs};
+use crate::devices::cmos;
 use crate::devices::legacy::{self, ResetTrigger, SerialDevice, I8042};
 use crate::hv::{BootRegs, Vm};
 
@@ -79,6 +80,11 @@ pub fn add_legacy(
         legacy::I8042_PORT,
         legacy::I8042_LEN,
         Arc::new(Mutex::new(i8042)),
+    )?;
+    buses.pio.insert(
+        cmos::CMOS_PORT,
+        cmos::CMOS_LEN,
+        Arc::new(Mutex::new(cmos::Cmos::default())),
     )?;
     Ok(serial)
 }

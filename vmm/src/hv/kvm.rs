@@ -90,10 +90,13 @@ impl Hypervisor for Kvm {
         fd.create_pit2(pit)
             .map_err(|e| HvError::op("KVM_CREATE_PIT2", e))?;
         disable_pit_reinjection(&fd)?;
-        let cpuid = self
+        let mut cpuid = self
             .kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(|e| HvError::op("KVM_GET_SUPPORTED_CPUID", e))?;
+        if self.kvm.check_extension(Cap::TscDeadlineTimer) {
+            set_tsc_deadline(&mut cpuid);
+        }
         Ok(Arc::new(KvmVm {
             fd,
             cpuid,
@@ -252,6 +255,20 @@ fn patch_cpuid(cpuid: &mut CpuId, index: u8, count: u8, nested: bool) {
             0x8000_0001 if !nested => entry.ecx &= !SVM,
             0xb => entry.edx = u32::from(index), // x2APIC id
             _ => {}
+        }
+    }
+}
+
+/// Announces the TSC-deadline LAPIC timer (CPUID.1:ECX[24]), which KVM emulates but leaves
+/// out of KVM_GET_SUPPORTED_CPUID. Without it Linux calibrates the LAPIC timer against the PIT;
+/// on a slow (nested) vCPU that calibration went wrong and the guest's timer never fired
+/// again (seen in the nested bed: no interrupt injected after the switch to the LAPIC timer,
+/// boot spinning forever). With it the timer runs off the TSC, whose rate kvm-clock gives.
+fn set_tsc_deadline(cpuid: &mut CpuId) {
+    const TSC_DEADLINE: u32 = 1 << 24;
+    for entry in cpuid.as_mut_slice() {
+        if entry.function == 1 {
+            entry.ecx |= TSC_DEADLINE;
         }
     }
 }
