@@ -26,7 +26,7 @@ pub enum ArchError {
 }
 
 /// How many virtio-mmio devices fit, and what limits them (for the error message).
-pub const MAX_VIRTIO_DEVICES: usize = (layout::IOAPIC_PINS - layout::VIRTIO_IRQ_BASE) as usize;
+pub const MAX_VIRTIO_DEVICES: usize = layout::MAX_VIRTIO_IRQS as usize;
 pub const VIRTIO_LIMIT: &str = "IOAPIC";
 /// Size of each virtio-mmio window.
 pub const VIRTIO_MMIO_SIZE: u64 = layout::VIRTIO_MMIO_SIZE;
@@ -93,7 +93,7 @@ pub fn add_legacy(
 pub fn virtio_slot(i: usize) -> Result<(u64, u32), ArchError> {
     Ok((
         layout::VIRTIO_MMIO_START + i as u64 * layout::VIRTIO_MMIO_SIZE,
-        layout::VIRTIO_IRQ_BASE + i as u32,
+        layout::virtio_irq(i as u32),
     ))
 }
 

@@ -37,6 +37,22 @@ pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
 pub const VIRTIO_IRQ_BASE: u32 = 5;
 /// Legacy lines.
 pub const COM1_IRQ: u32 = 4;
+/// The CMOS RTC's line: Linux's rtc_cmos claims it, so virtio devices skip it.
+pub const RTC_IRQ: u32 = 8;
+/// How many virtio-mmio devices have an IOAPIC pin.
+pub const MAX_VIRTIO_IRQS: u32 = IOAPIC_PINS - VIRTIO_IRQ_BASE - 1;
+
+/// The IOAPIC pin of virtio device `i` (< [`MAX_VIRTIO_IRQS`]): from [`VIRTIO_IRQ_BASE`] up,
+/// skipping [`RTC_IRQ`]. Sharing it with the RTC made the device's probe fail
+/// ("genirq: Flags mismatch irq 8", seen for virtio-vsock in a Linux guest).
+pub fn virtio_irq(i: u32) -> u32 {
+    let irq = VIRTIO_IRQ_BASE + i;
+    if irq >= RTC_IRQ {
+        irq + 1
+    } else {
+        irq
+    }
+}
 pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
 pub const LAPIC_ADDR: u32 = 0xfee0_0000;
 /// IRQ pins of KVM's in-kernel IOAPIC.
