@@ -6,8 +6,8 @@
 //! wider mode whatever the process umask (fs-share runs with umask 0 so guest modes apply
 //! exactly, and umask is process-wide, so changing it around `bind` would race other
 //! threads). [`peer_allowed`] accepts the socket's owner (this process' effective uid) and
-//! root, which can reach any socket anyway. A copy of `vmm::hostsock` (this crate does not
-//! depend on `vmm`; fs-share, usernet and vmm each keep one); keep the three in step.
+//! root, which can reach any socket anyway. vmm uses this module; fs-share keeps a copy (it
+//! depends on neither); keep the two in step.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};

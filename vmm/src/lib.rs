@@ -15,7 +15,8 @@ pub mod engine;
 #[cfg(target_os = "linux")]
 pub mod fuzzing;
 #[cfg(unix)]
-pub mod hostsock;
+/// Owner-only host sockets and the peer check: usernet's (vmm depends on it already).
+pub use usernet::hostsock;
 pub mod hv;
 pub mod ratelimit;
 pub mod sys;
