@@ -121,24 +121,12 @@ pub fn start(
 /// The kernel command line both engines boot with: the root image, the console, DHCP from
 /// usernet, and the agent's words.
 fn kernel_cmdline(spec: &GuestSpec, engine_words: &[&str]) -> anyhow::Result<String> {
-    let mut words: Vec<String> = [
-        "console=ttyS0",
-        "root=/dev/vda",
-        "rootfstype=squashfs",
-        "ro",
-        "init=/sbin/init",
-        "panic=-1",
-        "loglevel=4",
-        "8250.nr_uarts=1",
-        // Under TCG on a busy host the vCPU can be starved while the kernel checks that the
-        // timer interrupt works ("IO-APIC + timer doesn't work!" panic, seen here).
-        "no_timer_check",
-        // The kernel's IP autoconfiguration does DHCP against usernet.
-        "ip=dhcp",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut words: Vec<String> = vmm::engine::qemu::args::GUEST_KERNEL_WORDS
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    // The kernel's IP autoconfiguration does DHCP against usernet.
+    words.push("ip=dhcp".into());
     words.extend(engine_words.iter().map(|s| s.to_string()));
     words.extend(spec.agent.to_words()?);
     Ok(words.join(" "))

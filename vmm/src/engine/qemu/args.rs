@@ -112,27 +112,28 @@ impl QemuConfig {
 /// virtio-blk serial of the data disk; the guest agent finds the disk by it.
 pub const DATA_DISK_SERIAL: &str = "vmctl-data";
 
+/// The kernel words every vmctl guest boots with, whichever engine runs it: the read-only
+/// root image on vda, the console on COM1, the agent as init.
+pub const GUEST_KERNEL_WORDS: &[&str] = &[
+    "console=ttyS0",
+    "root=/dev/vda",
+    "rootfstype=squashfs",
+    "ro",
+    "init=/sbin/init",
+    "panic=-1",
+    "loglevel=4",
+    "8250.nr_uarts=1",
+    // Under TCG on a busy host the vCPU can be starved while the kernel checks that the
+    // timer interrupt works ("IO-APIC + timer doesn't work!" panic, seen here).
+    "no_timer_check",
+];
+
 /// The kernel command line.
 pub fn cmdline(cfg: &QemuConfig) -> String {
     if let Some(c) = &cfg.cmdline {
         return c.clone();
     }
-    let mut words: Vec<String> = [
-        "console=ttyS0",
-        "root=/dev/vda",
-        "rootfstype=squashfs",
-        "ro",
-        "init=/sbin/init",
-        "panic=-1",
-        "loglevel=4",
-        "8250.nr_uarts=1",
-        // Under TCG on a busy host the vCPU can be starved while the kernel checks that
-        // the timer interrupt works ("IO-APIC + timer doesn't work!" panic, seen here).
-        "no_timer_check",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut words: Vec<String> = GUEST_KERNEL_WORDS.iter().map(|s| s.to_string()).collect();
     match cfg.net {
         // The kernel's IP autoconfiguration does DHCP; the agent writes resolv.conf.
         Net::User { .. } | Net::Stream { .. } => words.push("ip=dhcp".into()),
