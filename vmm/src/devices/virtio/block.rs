@@ -64,7 +64,9 @@ impl Block {
             .write(!read_only)
             .open(path)
             .map_err(err)?;
-        let len = disk.metadata().map_err(err)?.len();
+        // The end offset, not the metadata length: a block device (`/dev/vdb`, an LVM
+        // volume) reports a length of 0 in its metadata.
+        let len = std::io::Seek::seek(&mut &disk, std::io::SeekFrom::End(0)).map_err(err)?;
         let mut id = [0u8; VIRTIO_BLK_ID_BYTES as usize];
         let name = serial.map(str::to_string).unwrap_or_else(|| {
             path.file_name()
@@ -414,5 +416,43 @@ impl RequestProcessor {
             offset += n as u64;
         }
         VIRTIO_BLK_S_OK
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A disk may be a block device, whose metadata length is 0: the capacity comes from
+    /// its end offset (found booting the Docker VM with `--disk /dev/vda` inside a VM).
+    #[test]
+    fn test_capacity_of_a_block_device_is_its_size() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = dir.path().join("disk.img");
+        std::fs::write(&image, vec![0u8; 3 << 20]).expect("write image");
+        let out = std::process::Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(&image)
+            .output();
+        let dev = match out {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            Ok(o) => {
+                println!(
+                    "skipped: losetup cannot attach a loop device here: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                return;
+            }
+            Err(e) => {
+                println!("skipped: losetup not runnable: {e}");
+                return;
+            }
+        };
+        let opened = Block::open(Path::new(&dev), true, None);
+        let _ = std::process::Command::new("losetup").args(["-d", &dev]).status();
+        let block = opened.expect("open loop device");
+        assert_eq!(block.capacity_sectors, (3 << 20) / SECTOR_SIZE);
+        let file = Block::open(&image, true, None).expect("open image file");
+        assert_eq!(file.capacity_sectors, (3 << 20) / SECTOR_SIZE);
     }
 }
