@@ -73,6 +73,9 @@ pub struct State {
     pub cpus: u32,
     pub memory_mib: u64,
     pub ports: Vec<PortState>,
+    /// Why some guest ports are not listed in `ports` (the forwarding limit); empty if none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ports_note: String,
     pub started_at_unix: u64,
 }
 
@@ -81,6 +84,10 @@ pub struct State {
 pub struct PortState {
     pub proto: String,
     pub port: u16,
+    /// The host address it is forwarded from (`127.0.0.1` unless the guest listens on one
+    /// of the host's own addresses).
+    #[serde(default)]
+    pub address: String,
     /// `forwarded` or the reason it is not (e.g. "host port in use").
     pub status: String,
 }

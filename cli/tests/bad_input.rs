@@ -371,6 +371,10 @@ fn test_config_set_bad_values_rejected_config_unchanged() {
                 vec!["".into(), "no".into(), "0".into(), "False".into()],
             ),
             (
+                "allow_privileged_ports",
+                vec!["".into(), "yes".into(), "1".into()],
+            ),
+            (
                 "mounts",
                 vec![
                     "relative".into(),

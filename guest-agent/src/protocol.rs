@@ -139,18 +139,25 @@ pub enum Request {
         tag: String,
         path: String,
     },
-    /// Turn this connection into a byte stream to the guest's `127.0.0.1:port` (or `[::1]`):
-    /// the agent answers `Ok` and then splices, or `Error` when nothing accepts there.
-    /// Carries forwarded ports from the host.
+    /// Turn this connection into a byte stream to the guest's `addr:port`: the agent answers
+    /// `Ok` and then splices, or `Error` when nothing accepts there. Without `addr` (or with
+    /// a wildcard) the agent connects to `127.0.0.1:port`, then `[::1]:port`; a listener bound
+    /// to one specific guest address (`docker run -p 127.0.0.1:8080:80`, a container IP) is
+    /// reached at that address. Carries forwarded ports from the host.
     Forward {
         port: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        addr: Option<String>,
     },
     /// Like `Forward` for UDP: the agent answers `Ok` and then relays datagrams between this
-    /// connection and a socket connected to the guest's `127.0.0.1:port`. Each datagram on the
-    /// connection is a big-endian `u16` length followed by that many bytes (at most
-    /// [`MAX_DATAGRAM`]). The relay ends when the host closes the connection.
+    /// connection and a socket connected to the guest's `addr:port` (`127.0.0.1:port` without
+    /// `addr`). Each datagram on the connection is a big-endian `u16` length followed by that
+    /// many bytes (at most [`MAX_DATAGRAM`]). The relay ends when the host closes the
+    /// connection.
     ForwardUdp {
         port: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        addr: Option<String>,
     },
     /// The terminal of a `tty` exec session changed size.
     Resize(TtySize),
@@ -344,6 +351,25 @@ mod tests {
     }
 
     #[test]
+    fn test_forward_without_addr_decodes_as_loopback_request() {
+        // What a host from before `addr` existed sends.
+        let r: Request = serde_json::from_str(r#"{"type":"forward","port":80}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Forward {
+                port: 80,
+                addr: None
+            }
+        );
+        let line = serde_json::to_string(&Request::ForwardUdp {
+            port: 53,
+            addr: None,
+        })
+        .unwrap();
+        assert!(!line.contains("addr"), "{line}");
+    }
+
+    #[test]
     fn test_messages_roundtrip() {
         roundtrip(Request::Hello { version: 1 });
         roundtrip(Request::Exec(ExecRequest {
@@ -352,7 +378,14 @@ mod tests {
             cwd: Some("/".into()),
             tty: Some(TtySize { rows: 24, cols: 80 }),
         }));
-        roundtrip(Request::ForwardUdp { port: 53 });
+        roundtrip(Request::ForwardUdp {
+            port: 53,
+            addr: None,
+        });
+        roundtrip(Request::ForwardUdp {
+            port: 53,
+            addr: Some("10.0.2.15".into()),
+        });
         roundtrip(Request::Resize(TtySize {
             rows: 50,
             cols: 132,
@@ -364,7 +397,10 @@ mod tests {
         roundtrip(Request::Stdin {
             data: Bytes(vec![0, 1, 255, b'\n']),
         });
-        roundtrip(Request::Forward { port: 8080 });
+        roundtrip(Request::Forward {
+            port: 8080,
+            addr: Some("127.0.0.1".into()),
+        });
         roundtrip(Request::SetClock {
             unix_nanos: u64::MAX,
         });

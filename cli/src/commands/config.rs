@@ -10,7 +10,8 @@ use super::vm::NameArg;
 
 /// Instance configuration. Keys: engine (auto|builtin|qemu), cpus (1-32), memory (e.g. 4GiB),
 /// disk_size (e.g. 64GiB), share_home (true|false), mounts (HOSTDIR[:GUESTDIR][:ro],...),
-/// nested (true|false). Changes apply at the next `vmctl start`.
+/// nested (true|false), allow_privileged_ports (true|false). Changes apply at the next
+/// `vmctl start`.
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Print a key's effective value (or all keys).

@@ -193,7 +193,15 @@ fn print_text(r: &Report) {
         println!("docker:  unix://{}", r.docker_socket);
         println!("message: {}", r.state.message);
         for p in &r.state.ports {
-            println!("port:    {}/{} {}", p.port, p.proto, p.status);
+            let addr = if p.address.is_empty() {
+                "127.0.0.1"
+            } else {
+                &p.address
+            };
+            println!("port:    {addr}:{}/{} {}", p.port, p.proto, p.status);
+        }
+        if !r.state.ports_note.is_empty() {
+            println!("ports:   {}", r.state.ports_note);
         }
     }
 }

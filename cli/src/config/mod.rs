@@ -9,6 +9,7 @@
 //! | `share_home` | bool | `true` | share `$HOME` at the same path in the VM |
 //! | `mounts` | list of `"HOSTDIR[:GUESTDIR][:ro]"` | `[]` | more shared folders: absolute paths without `,` or control characters, guest folders without whitespace, each guest folder once |
 //! | `nested` | bool | `false` | give the VM a `/dev/kvm` of its own (KVM workloads in containers: `docker run --device /dev/kvm`), where the host allows it |
+//! | `allow_privileged_ports` | bool | `false` | forward guest ports to host ports below 1024 (refused by default: the guest must not take over a host service's port; without root the host may refuse them anyway) |
 //!
 //! Every value is checked when the file is read: a syntax error, an unknown key, a wrong
 //! type or an out-of-range value is an error naming the file, the line, the key and the
@@ -36,7 +37,8 @@ pub use mount::{parse_list as mount_list, Mount};
 pub use value::{format_size_mib, parse_size_mib, Key, Setting};
 
 /// The keys, for messages.
-pub const KEY_LIST: &str = "engine, cpus, memory, disk_size, share_home, mounts, nested";
+pub const KEY_LIST: &str =
+    "engine, cpus, memory, disk_size, share_home, mounts, nested, allow_privileged_ports";
 
 /// A configuration file larger than this is not one (a few lines are).
 const MAX_FILE_BYTES: u64 = 64 * 1024;
@@ -95,6 +97,8 @@ pub struct ConfigFile {
     pub mounts: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nested: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_privileged_ports: Option<bool>,
 }
 
 /// The effective configuration.
@@ -107,6 +111,8 @@ pub struct Config {
     pub share_home: bool,
     pub mounts: Vec<Mount>,
     pub nested: bool,
+    /// Forward guest ports to host ports below 1024.
+    pub allow_privileged_ports: bool,
 }
 
 impl Config {
@@ -232,6 +238,7 @@ impl ConfigFile {
             Setting::ShareHome(b) => self.share_home = Some(b),
             Setting::Mounts(v) => self.mounts = Some(v.iter().map(Mount::to_string).collect()),
             Setting::Nested(b) => self.nested = Some(b),
+            Setting::AllowPrivilegedPorts(b) => self.allow_privileged_ports = Some(b),
         }
     }
 
@@ -263,6 +270,7 @@ impl ConfigFile {
             Key::DiskSize => format_size_mib(c.disk_size_mib),
             Key::ShareHome => c.share_home.to_string(),
             Key::Nested => c.nested.to_string(),
+            Key::AllowPrivilegedPorts => c.allow_privileged_ports.to_string(),
             Key::Mounts => c
                 .mounts
                 .iter()
@@ -302,6 +310,7 @@ impl ConfigFile {
             share_home: self.share_home.unwrap_or(true),
             mounts,
             nested: self.nested.unwrap_or(false),
+            allow_privileged_ports: self.allow_privileged_ports.unwrap_or(false),
         })
     }
 }

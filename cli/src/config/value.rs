@@ -25,10 +25,11 @@ pub enum Key {
     ShareHome,
     Mounts,
     Nested,
+    AllowPrivilegedPorts,
 }
 
 impl Key {
-    pub const ALL: [Key; 7] = [
+    pub const ALL: [Key; 8] = [
         Key::Engine,
         Key::Cpus,
         Key::Memory,
@@ -36,6 +37,7 @@ impl Key {
         Key::ShareHome,
         Key::Mounts,
         Key::Nested,
+        Key::AllowPrivilegedPorts,
     ];
 
     pub fn name(self) -> &'static str {
@@ -47,6 +49,7 @@ impl Key {
             Key::ShareHome => "share_home",
             Key::Mounts => "mounts",
             Key::Nested => "nested",
+            Key::AllowPrivilegedPorts => "allow_privileged_ports",
         }
     }
 
@@ -60,6 +63,7 @@ impl Key {
             Key::ShareHome => "true",
             Key::Mounts => "/srv/src:/src,/data:ro",
             Key::Nested => "false",
+            Key::AllowPrivilegedPorts => "true",
         }
     }
 
@@ -78,6 +82,7 @@ pub enum Setting {
     ShareHome(bool),
     Mounts(Vec<Mount>),
     Nested(bool),
+    AllowPrivilegedPorts(bool),
 }
 
 /// Parses `4GiB`, `4G`, `512MiB`, `512M`, `1T` or a bare number of MiB into MiB.
@@ -197,6 +202,7 @@ impl Setting {
             Key::DiskSize => Setting::DiskSize(disk_size(parse_size_mib(s)?)?),
             Key::ShareHome => Setting::ShareHome(boolean(s)?),
             Key::Nested => Setting::Nested(boolean(s)?),
+            Key::AllowPrivilegedPorts => Setting::AllowPrivilegedPorts(boolean(s)?),
             Key::Mounts => Setting::Mounts(mount::parse_list(
                 s.split(',').map(str::trim).filter(|m| !m.is_empty()),
             )?),
@@ -220,7 +226,10 @@ impl Setting {
             (Key::Memory | Key::DiskSize, _) => return Err(wrong("a size like \"4GiB\"")),
             (Key::ShareHome, V::Boolean(b)) => Setting::ShareHome(*b),
             (Key::Nested, V::Boolean(b)) => Setting::Nested(*b),
-            (Key::ShareHome | Key::Nested, _) => return Err(wrong("true or false without quotes")),
+            (Key::AllowPrivilegedPorts, V::Boolean(b)) => Setting::AllowPrivilegedPorts(*b),
+            (Key::ShareHome | Key::Nested | Key::AllowPrivilegedPorts, _) => {
+                return Err(wrong("true or false without quotes"))
+            }
             (Key::Mounts, V::Array(items)) => {
                 let mut list = Vec::new();
                 for item in items {

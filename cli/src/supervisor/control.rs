@@ -61,13 +61,16 @@ async fn handle(
 
 /// Serves the API until the task is dropped.
 pub async fn serve(listener: UnixListener, state: Arc<Mutex<State>>, stop: Arc<StopSender>) {
+    let mut backoff = super::limits::AcceptBackoff::new("control.sock");
     loop {
         let stream = match listener.accept().await {
-            Ok((s, _)) => s,
+            Ok((s, _)) => {
+                backoff.succeeded();
+                s
+            }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning on a ready listener.
-                log::warn!("control.sock: accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                backoff.failed(&e).await;
                 continue;
             }
         };

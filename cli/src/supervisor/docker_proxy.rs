@@ -52,12 +52,15 @@ pub fn peer_allowed(client: &UnixStream, what: &str) -> bool {
 /// Serves connections until the task is dropped.
 pub async fn serve(listener: UnixListener, vsock_uds: PathBuf, guest_port: u32) {
     let vsock_uds = Arc::new(vsock_uds);
+    let mut backoff = super::limits::AcceptBackoff::new("docker.sock");
     loop {
         let client = match listener.accept().await {
-            Ok((c, _)) => c,
+            Ok((c, _)) => {
+                backoff.succeeded();
+                c
+            }
             Err(e) => {
-                log::warn!("docker.sock: accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                backoff.failed(&e).await;
                 continue;
             }
         };

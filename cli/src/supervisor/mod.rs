@@ -6,6 +6,7 @@ pub mod backends;
 pub mod control;
 pub mod docker_proxy;
 pub mod engine;
+pub mod limits;
 pub mod ports;
 pub mod udp_ports;
 pub mod vsock;
@@ -194,6 +195,12 @@ fn stop_vm(inst: &Instance, vm: &mut Box<dyn Engine>, force: bool) {
 pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
     inst.create_dirs()?;
     std::fs::write(inst.pid_file(), std::process::id().to_string()).context("write pid file")?;
+    // Forwarded ports and connections each hold descriptors; the soft limit (often 1024)
+    // would be reached long before the hard one.
+    match limits::raise_nofile() {
+        Ok((soft, hard)) => log::info!("file descriptor limit {soft} (hard {hard})"),
+        Err(e) => log::warn!("cannot raise the file descriptor limit: {e}"),
+    }
     // The effective configuration `vmctl start` checked for this run (file plus flags).
     let cfg = ConfigFile::load(&crate::config::run_path(&inst.dir))?.resolve()?;
     let (kind, reason) = engine::choose(cfg.engine)?;
@@ -206,6 +213,7 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
         cpus: cfg.cpus,
         memory_mib: cfg.memory_mib,
         ports: Vec::new(),
+        ports_note: String::new(),
         started_at_unix: now_unix(),
     }));
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -277,7 +285,14 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
                 inst.vsock_sock(),
                 guest_agent::protocol::DOCKER_PORT,
             )),
-            rt.spawn(ports::run(inst.vsock_sock(), state.clone())),
+            rt.spawn(ports::run(
+                inst.vsock_sock(),
+                state.clone(),
+                ports::Policy {
+                    allow_privileged: cfg.allow_privileged_ports,
+                    ..Default::default()
+                },
+            )),
         ]
     };
     {

@@ -28,17 +28,31 @@ pub const MAX_FLOWS: usize = 1024;
 const QUEUE: usize = 256;
 
 /// Relays datagrams between `sock` (host 127.0.0.1:<port>) and guest port `port`.
-pub async fn relay(sock: UdpSocket, uds: PathBuf, port: u16) {
+pub async fn relay(sock: UdpSocket, uds: PathBuf, port: u16, target: super::ports::Target) {
     let sock = Arc::new(sock);
     let mut flows: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut warned_full = false;
+    let mut backoff = super::limits::AcceptBackoff::new("forwarded udp port");
     loop {
         let (n, from) = match sock.recv_from(&mut buf).await {
-            Ok(r) => r,
+            Ok(r) => {
+                backoff.succeeded();
+                r
+            }
             // ICMP errors of earlier sends (ECONNREFUSED…) surface here; keep serving.
-            Err(e) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
                 log::debug!("ports: udp {port}: {e}");
+                continue;
+            }
+            // Anything else (ENOMEM, ...) may repeat at once: back off instead of spinning.
+            Err(e) => {
+                backoff.failed(&e).await;
                 continue;
             }
         };
@@ -50,7 +64,8 @@ pub async fn relay(sock: UdpSocket, uds: PathBuf, port: u16) {
                 Err(mpsc::error::TrySendError::Full(_)) => continue,
                 Err(mpsc::error::TrySendError::Closed(d)) => {
                     flows.remove(&from);
-                    start_flow(&mut flows, &sock, &uds, port, from, d);
+                    let addr = super::ports::current_target(&target);
+                    start_flow(&mut flows, &sock, &uds, (port, addr), from, d);
                     continue;
                 }
             }
@@ -66,7 +81,8 @@ pub async fn relay(sock: UdpSocket, uds: PathBuf, port: u16) {
             continue;
         }
         warned_full = false;
-        start_flow(&mut flows, &sock, &uds, port, from, datagram);
+        let addr = super::ports::current_target(&target);
+        start_flow(&mut flows, &sock, &uds, (port, addr), from, datagram);
     }
 }
 
@@ -74,7 +90,7 @@ fn start_flow(
     flows: &mut HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>,
     sock: &Arc<UdpSocket>,
     uds: &Path,
-    port: u16,
+    (port, addr): (u16, Option<String>),
     peer: SocketAddr,
     first: Vec<u8>,
 ) {
@@ -84,7 +100,7 @@ fn start_flow(
     flows.insert(peer, tx);
     let (sock, uds) = (sock.clone(), uds.to_path_buf());
     tokio::spawn(async move {
-        if let Err(e) = flow(sock, &uds, port, peer, rx).await {
+        if let Err(e) = flow(sock, &uds, (port, addr), peer, rx).await {
             log::info!("ports: udp {port} flow from {peer}: {e}");
         }
     });
@@ -97,11 +113,11 @@ fn now_ms(start: Instant) -> u64 {
 async fn flow(
     sock: Arc<UdpSocket>,
     uds: &Path,
-    port: u16,
+    (port, addr): (u16, Option<String>),
     peer: SocketAddr,
     mut rx: mpsc::Receiver<Vec<u8>>,
 ) -> Result<(), String> {
-    let guest = open_stream(uds, &Request::ForwardUdp { port }).await?;
+    let guest = open_stream(uds, &Request::ForwardUdp { port, addr }).await?;
     let (mut from_guest, mut to_guest) = guest.into_split();
     let start = Instant::now();
     let last = Arc::new(AtomicU64::new(0));

@@ -150,11 +150,13 @@ fn session<S: Duplex>(mut conn: S) -> Result<(), ProtocolError> {
                 }
             }
             Request::WatchPorts => return watch_ports(reader, conn),
-            Request::Forward { port } => return forward(reader, conn, port),
+            Request::Forward { port, addr } => return forward(reader, conn, port, addr.as_deref()),
             Request::ServeFs { path, read_only } => {
                 return super::fs_server::serve(reader, conn, &path, read_only);
             }
-            Request::ForwardUdp { port } => return udp_relay::relay(reader, conn, port),
+            Request::ForwardUdp { port, addr } => {
+                return udp_relay::relay(reader, conn, port, addr.as_deref())
+            }
             Request::Shutdown { reboot } => {
                 write_frame(&mut conn, &Response::Ok)?;
                 if pid1 {
@@ -170,10 +172,51 @@ fn session<S: Duplex>(mut conn: S) -> Result<(), ProtocolError> {
     }
 }
 
-/// Connect to a guest loopback port and splice it with the control connection.
-fn forward<S: Duplex>(reader: FrameReader<S>, mut conn: S, port: u16) -> Result<(), ProtocolError> {
-    let target = std::net::TcpStream::connect(("127.0.0.1", port))
-        .or_else(|_| std::net::TcpStream::connect(("::1", port)));
+/// Where a forward connects: the listener's own address when it is a specific one, else
+/// the guest's loopback (v4 first, then v6). `Err` for an address that is not an IP.
+pub(super) fn forward_targets(
+    addr: Option<&str>,
+    port: u16,
+) -> Result<Vec<std::net::SocketAddr>, String> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let loopback = vec![
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+        SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port),
+    ];
+    let Some(a) = addr else {
+        return Ok(loopback);
+    };
+    let ip: IpAddr = a
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| format!("forward address {a:?} is not an IP address"))?;
+    if ip.is_unspecified() {
+        Ok(loopback)
+    } else {
+        Ok(vec![SocketAddr::new(ip, port)])
+    }
+}
+
+/// Connect to a guest port (see [`forward_targets`]) and splice it with the control
+/// connection.
+fn forward<S: Duplex>(
+    reader: FrameReader<S>,
+    mut conn: S,
+    port: u16,
+    addr: Option<&str>,
+) -> Result<(), ProtocolError> {
+    let targets = match forward_targets(addr, port) {
+        Ok(t) => t,
+        Err(e) => return write_frame(&mut conn, &error(e)),
+    };
+    let mut target = Err(std::io::Error::from(std::io::ErrorKind::AddrNotAvailable));
+    for t in &targets {
+        target = std::net::TcpStream::connect_timeout(t, Duration::from_secs(5));
+        if target.is_ok() {
+            break;
+        }
+    }
     match target {
         Ok(tcp) => {
             let _ = tcp.set_nodelay(true);
@@ -245,7 +288,7 @@ mod tests {
         let mut w = host.try_clone().unwrap();
         let mut reader = FrameReader::new(host.try_clone().unwrap());
         hello(&mut reader, &mut w);
-        write_frame(&mut w, &Request::Forward { port }).unwrap();
+        write_frame(&mut w, &Request::Forward { port, addr: None }).unwrap();
         assert_eq!(reader.expect::<Response>().unwrap(), Response::Ok);
         drop(reader);
         w.write_all(b"hello").unwrap();
@@ -253,6 +296,50 @@ mod tests {
         let mut r = host;
         r.read_exact(&mut back).unwrap();
         assert_eq!(&back, b"hello");
+    }
+
+    #[test]
+    fn test_forward_reaches_listener_on_specific_address_only_with_addr() {
+        // A listener on one specific address (127.0.0.2, not the loopback 127.0.0.1 the
+        // agent tries by default), like `docker run -p 10.0.2.15:8080:80` in the guest.
+        let echo = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+        let port = echo.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (mut s, _) = echo.accept().unwrap();
+            s.write_all(b"specific").unwrap();
+        });
+        let open = |addr: Option<&str>| {
+            let (host, agent) = UnixStream::pair().unwrap();
+            std::thread::spawn(move || handle(agent));
+            let mut w = host.try_clone().unwrap();
+            let mut reader = FrameReader::new(host.try_clone().unwrap());
+            hello(&mut reader, &mut w);
+            let addr = addr.map(str::to_string);
+            write_frame(&mut w, &Request::Forward { port, addr }).unwrap();
+            (reader.expect::<Response>().unwrap(), host)
+        };
+        let (resp, _) = open(None);
+        assert!(matches!(resp, Response::Error { .. }), "{resp:?}");
+        let (resp, _) = open(Some("not-an-ip"));
+        assert!(
+            matches!(&resp, Response::Error { message } if message.contains("not an IP")),
+            "{resp:?}"
+        );
+        let (resp, mut host) = open(Some("127.0.0.2"));
+        assert_eq!(resp, Response::Ok);
+        let mut back = [0u8; 8];
+        host.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"specific");
+    }
+
+    #[test]
+    fn test_forward_targets_wildcard_is_loopback() {
+        let t = forward_targets(Some("0.0.0.0"), 80).unwrap();
+        assert_eq!(t[0].to_string(), "127.0.0.1:80");
+        let t = forward_targets(Some("[::]"), 80).unwrap();
+        assert_eq!(t.len(), 2);
+        let t = forward_targets(Some("::1"), 80).unwrap();
+        assert_eq!(t, vec!["[::1]:80".parse().unwrap()]);
     }
 
     #[test]
@@ -266,7 +353,7 @@ mod tests {
         let mut w = host.try_clone().unwrap();
         let mut reader = FrameReader::new(host);
         hello(&mut reader, &mut w);
-        write_frame(&mut w, &Request::Forward { port }).unwrap();
+        write_frame(&mut w, &Request::Forward { port, addr: None }).unwrap();
         assert!(matches!(
             reader.expect::<Response>().unwrap(),
             Response::Error { .. }

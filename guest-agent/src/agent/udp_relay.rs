@@ -52,9 +52,28 @@ pub fn relay<S: Duplex>(
     reader: FrameReader<S>,
     mut conn: S,
     port: u16,
+    addr: Option<&str>,
 ) -> Result<(), ProtocolError> {
-    let sock = match UdpSocket::bind(("127.0.0.1", 0)).and_then(|s| {
-        s.connect(("127.0.0.1", port))?;
+    // Only the first target: a UDP "connect" always succeeds, so there is no fallback to try.
+    let target = match super::server::forward_targets(addr, port) {
+        Ok(t) => t.into_iter().next(),
+        Err(message) => return write_frame(&mut conn, &Response::Error { message }),
+    };
+    let Some(target) = target else {
+        return write_frame(
+            &mut conn,
+            &Response::Error {
+                message: format!("guest udp port {port}: no address"),
+            },
+        );
+    };
+    let local: std::net::SocketAddr = if target.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = match UdpSocket::bind(local).and_then(|s| {
+        s.connect(target)?;
         s.set_read_timeout(Some(POLL))?;
         Ok(s)
     }) {
@@ -152,7 +171,7 @@ mod tests {
             reader.expect::<Response>().unwrap(),
             Response::Hello { .. }
         ));
-        write_frame(&mut w, &Request::ForwardUdp { port }).unwrap();
+        write_frame(&mut w, &Request::ForwardUdp { port, addr: None }).unwrap();
         assert_eq!(reader.expect::<Response>().unwrap(), Response::Ok);
         host
     }
