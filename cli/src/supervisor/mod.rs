@@ -8,6 +8,7 @@ pub mod docker_proxy;
 pub mod engine;
 pub mod limits;
 pub mod ports;
+pub mod reboots;
 pub mod udp_ports;
 pub mod vsock;
 
@@ -306,10 +307,19 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
     // sockets stay served, and so does a guest kernel panic, a few times, keeping the
     // crashed console log.
     let mut crash_restarts = 0;
+    let mut reboots = reboots::RebootLimit::default();
+    let mut loop_error = None;
     let force = loop {
         if let Some(exit) = running.try_exit() {
             match &exit {
-                EngineExit::Reset => log::info!("the guest rebooted; starting it again"),
+                EngineExit::Reset => {
+                    if let Err(msg) = reboots.record(Instant::now()) {
+                        log::error!("{msg}");
+                        loop_error = Some(msg);
+                        break None;
+                    }
+                    log::info!("the guest rebooted; starting it again");
+                }
                 EngineExit::Panic => {
                     crash_restarts += 1;
                     log::error!(
@@ -378,8 +388,16 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
     drop(running);
     {
         let mut s = state.blocking_lock();
-        s.phase = "stopped".into();
-        s.message = "stopped".into();
+        match &loop_error {
+            Some(msg) => {
+                s.phase = "failed".into();
+                s.message = msg.clone();
+            }
+            None => {
+                s.phase = "stopped".into();
+                s.message = "stopped".into();
+            }
+        }
         s.ports.clear();
         let _ = inst.write_state(&s);
     }

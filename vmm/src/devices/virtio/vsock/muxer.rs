@@ -38,6 +38,9 @@ const TIMER_KEY: u64 = u64::MAX - 1;
 /// How often overdue connections are looked for while some wait for the guest.
 const TIMER_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 const HANDSHAKE_TAG: u64 = 1 << 32;
+/// How long a host client may stay connected without completing its `CONNECT` line: a
+/// half-open client holds one of the [`MAX_CONNS`] slots, so idle ones are closed.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Errors setting up the host side.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +64,7 @@ type Key = (u32, u32);
 struct Handshake {
     stream: UnixStream,
     line: Vec<u8>,
+    since: std::time::Instant,
 }
 
 /// The connection table and host sockets of one vsock device.
@@ -79,6 +83,10 @@ pub struct Muxer {
     /// Ticks while some connection waits for the guest's RESPONSE or RST.
     timer: TimerFd,
     timer_armed: bool,
+    handshake_timeout: std::time::Duration,
+    /// The listener is out of the epoll set after accept failed (EMFILE): the next timer
+    /// tick puts it back, so a full fd table does not spin the event loop.
+    listener_paused: bool,
 }
 
 impl Muxer {
@@ -127,6 +135,8 @@ impl Muxer {
             buffered_total: 0,
             timer,
             timer_armed: false,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            listener_paused: false,
         })
     }
 
@@ -394,12 +404,37 @@ impl Muxer {
         }
     }
 
-    /// Resets connections whose REQUEST or SHUTDOWN the guest left unanswered too long.
+    /// Resets connections whose REQUEST or SHUTDOWN the guest left unanswered too long,
+    /// closes host clients that never finished their handshake, and resumes accepting.
     fn expire_overdue(&mut self) {
         let _ = self.timer.wait();
         let now = std::time::Instant::now();
+        if self.listener_paused {
+            let ev = EpollEvent::new(EventSet::IN, LISTENER_KEY);
+            let fd = self.listener.as_raw_fd();
+            if self.epoll.ctl(ControlOperation::Add, fd, ev).is_ok() {
+                self.listener_paused = false;
+            }
+        }
+        let timeout = self.handshake_timeout;
+        let stale: Vec<RawFd> = self
+            .handshakes
+            .iter()
+            .filter(|(_, hs)| now.duration_since(hs.since) >= timeout)
+            .map(|(fd, _)| *fd)
+            .collect();
+        for fd in stale {
+            let _ = self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            self.handshakes.remove(&fd);
+            warn_ratelimited!(
+                "vsock: closed a host client that sent no CONNECT line within {} s",
+                timeout.as_secs()
+            );
+        }
         let mut expired = Vec::new();
-        let mut waiting = false;
+        let mut waiting = !self.handshakes.is_empty() || self.listener_paused;
         for (key, c) in self.conns.iter_mut() {
             if c.expire(now) {
                 expired.push(*key);
@@ -443,14 +478,33 @@ impl Muxer {
                             Handshake {
                                 stream,
                                 line: Vec::new(),
+                                since: std::time::Instant::now(),
                             },
                         );
+                        if !self.timer_armed {
+                            self.arm_timer(true);
+                        }
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    warn_ratelimited!("vsock: accept on {}: {e}", self.uds_path.display());
+                    // EMFILE and friends: the listener stays readable, so pause it until the
+                    // next timer tick instead of spinning on it.
+                    warn_ratelimited!(
+                        "vsock: accept on {}: {e}; pausing new host clients for {} s",
+                        self.uds_path.display(),
+                        TIMER_TICK.as_secs()
+                    );
+                    let fd = self.listener.as_raw_fd();
+                    if self
+                        .epoll
+                        .ctl(ControlOperation::Delete, fd, EpollEvent::default())
+                        .is_ok()
+                    {
+                        self.listener_paused = true;
+                        self.arm_timer(true);
+                    }
                     return;
                 }
             }
@@ -842,6 +896,42 @@ mod tests {
         assert!(m.has_rx(), "the data still waits for a bigger buffer");
         let (h, data) = rx(&mut m).unwrap();
         assert_eq!((h.op, data.as_slice()), (OP_RW, &b"data"[..]));
+    }
+
+    #[test]
+    fn test_half_open_handshakes_time_out_and_free_their_slots() {
+        let d = tempfile::tempdir().unwrap();
+        let mut m = muxer(d.path());
+        m.handshake_timeout = std::time::Duration::from_millis(500);
+        // Clients that connect and never send a CONNECT line (or only part of one).
+        let mut idle = Vec::new();
+        for i in 0..50 {
+            let mut c = UnixStream::connect(d.path().join("v.sock")).unwrap();
+            if i % 2 == 0 {
+                c.write_all(b"CONN").unwrap();
+            }
+            c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            idle.push(c);
+        }
+        pump(&mut m, |m| (m.handshakes.len() == 50).then_some(()));
+        let start = std::time::Instant::now();
+        pump(&mut m, |m| m.handshakes.is_empty().then_some(()));
+        let took = start.elapsed();
+        // Within the timeout plus one timer tick.
+        assert!(took <= std::time::Duration::from_millis(1600), "{took:?}");
+        for mut c in idle {
+            let mut b = [0u8; 8];
+            match c.read(&mut b) {
+                Ok(n) => assert_eq!(n, 0, "closed"),
+                Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset),
+            }
+        }
+        // A well-behaved client still gets through.
+        let mut c = UnixStream::connect(d.path().join("v.sock")).unwrap();
+        c.write_all(b"CONNECT 1234\n").unwrap();
+        let (h, _) = pump(&mut m, rx);
+        assert_eq!((h.op, h.dst_port), (OP_REQUEST, 1234));
     }
 
     #[test]
