@@ -5,6 +5,7 @@
 //! - [`instance`], [`config`]: named instances, their directories and `config.toml`.
 //! - [`supervisor`]: the per-instance process that owns the VM, its device backends, the
 //!   forwarded Docker socket, port forwards and the control API.
+//! - [`logview`]: logs capped and rotated while running, followed, shown terminal-safe.
 //! - [`agent`]: the host side of the guest agent's control protocol.
 //! - `fuse_mount` (Linux): the host side of `vmctl mount`, a FUSE mount served over a stream.
 
@@ -17,6 +18,8 @@ pub mod fuse_mount;
 pub mod image;
 #[cfg(unix)]
 pub mod instance;
+#[cfg(unix)]
+pub mod logview;
 #[cfg(unix)]
 pub mod supervisor;
 #[cfg(unix)]

@@ -337,7 +337,7 @@ pub fn delete(name: &NameArg) -> anyhow::Result<()> {
 
 #[derive(Debug, Args)]
 pub struct LogsArgs {
-    /// Keep printing as the log grows.
+    /// Keep printing as the log grows (for every source, across log rotations).
     #[arg(short, long)]
     follow: bool,
     /// The guest kernel console.
@@ -349,20 +349,64 @@ pub struct LogsArgs {
     /// dockerd's log (read from the guest).
     #[arg(long, group = "which")]
     docker: bool,
+    /// A device backend's or engine's log: usernet, vsock, fs-home, fs-mount0, vmm,
+    /// console.qemu (what this instance has is listed when NAME is not there).
+    #[arg(long, group = "which", value_name = "NAME")]
+    backend: Option<String>,
+}
+
+/// The log file of backend `name`, or an error listing the ones this instance has.
+fn backend_log(inst: &Instance, name: &str) -> anyhow::Result<PathBuf> {
+    let have: Vec<String> = std::fs::read_dir(inst.logs_dir())
+        .map(|rd| {
+            let mut v: Vec<String> = rd
+                .flatten()
+                .filter_map(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.strip_suffix(".log").map(str::to_string)
+                })
+                .filter(|n| n != "supervisor" && n != "console")
+                .collect();
+            v.sort();
+            v
+        })
+        .unwrap_or_default();
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok && have.iter().any(|h| h == name) {
+        return Ok(inst.log(name));
+    }
+    let list = if have.is_empty() {
+        "none yet; start it with `vmctl start`".to_string()
+    } else {
+        have.join(", ")
+    };
+    bail!(
+        "--backend: instance {} has no log named {}; it has: {list}",
+        inst.name,
+        vmctl::config::shown(name)
+    )
 }
 
 pub fn logs(name: &NameArg, a: LogsArgs) -> anyhow::Result<()> {
-    use std::io::{Read, Seek, Write};
+    use std::io::Write;
+    use vmctl::logview::{sanitize_line, Follower};
     let inst = Instance::new(&name.name)?;
     if a.docker {
-        let code = super::exec::exec_in_guest(
-            &inst,
-            vec!["cat".into(), "/var/log/dockerd.log".into()],
-            false,
-        )?;
+        let argv: &[&str] = if a.follow {
+            &["tail", "-n", "+1", "-F", "/var/log/dockerd.log"]
+        } else {
+            &["cat", "/var/log/dockerd.log"]
+        };
+        let argv = argv.iter().map(|s| s.to_string()).collect();
+        let code = super::exec::exec_in_guest(&inst, argv, false)?;
         std::process::exit(code);
     }
-    let path = if a.kernel || a.agent {
+    let path = if let Some(b) = &a.backend {
+        backend_log(&inst, b)?
+    } else if a.kernel || a.agent {
         inst.log("console")
     } else {
         inst.log("supervisor")
@@ -375,20 +419,27 @@ pub fn logs(name: &NameArg, a: LogsArgs) -> anyhow::Result<()> {
             path.display()
         );
     }
-    let mut f = std::fs::File::open(&path).with_context(|| format!("open {}", path.display()))?;
-    let mut out = std::io::stdout();
-    let mut pos = 0u64;
+    // Read in bounded chunks (never the whole file at once); every line goes through
+    // sanitize_line: the guest writes these logs and the user's terminal shows them.
+    let mut f = Follower::new(&path);
+    let mut out = std::io::stdout().lock();
     loop {
-        f.seek(std::io::SeekFrom::Start(pos))?;
-        let mut buf = String::new();
-        let n = f.read_to_string(&mut buf)?;
-        pos += n as u64;
-        for line in buf.split_inclusive('\n') {
-            if !filter_agent || line.contains("agent") {
-                out.write_all(line.as_bytes())?;
+        let lines = f
+            .poll(false)
+            .with_context(|| format!("read {}", path.display()))?;
+        let mut lines = lines;
+        if !a.follow && !f.behind() {
+            lines.extend(f.poll(true).unwrap_or_default());
+        }
+        for line in &lines {
+            if !filter_agent || line.windows(5).any(|w| w == b"agent") {
+                out.write_all(sanitize_line(line).as_bytes())?;
             }
         }
         out.flush()?;
+        if f.behind() {
+            continue;
+        }
         if !a.follow {
             return Ok(());
         }

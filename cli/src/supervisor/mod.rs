@@ -238,6 +238,21 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
             }
         })
     };
+    // Logs are capped while running too: a guest printing without end on its console (or a
+    // chatty backend) cannot fill the host's disk.
+    let rotator = {
+        let logs = inst.logs_dir();
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let logs = logs.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    crate::logview::rotate_dir(&logs, crate::logview::MAX_LOG_BYTES)
+                })
+                .await;
+            }
+        })
+    };
     let (stop_tx, mut stop_rx) = watch::channel::<Option<bool>>(None);
     let stop_tx = Arc::new(stop_tx);
     let control = {
@@ -403,6 +418,7 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
     }
     control.abort();
     publisher.abort();
+    rotator.abort();
     inst.clean_stale();
     Ok(())
 }

@@ -206,7 +206,8 @@ pub fn build(cfg: &QemuConfig, accel: Accel) -> Vec<String> {
     push(&["-kernel", &path(&cfg.kernel), "-append", &cmdline(cfg)]);
     push(&[
         "-chardev",
-        &format!("file,id=console,path={}", path(&cfg.console_log)),
+        // append=on: O_APPEND, so the supervisor can rotate the log under QEMU.
+        &format!("file,id=console,path={},append=on", path(&cfg.console_log)),
     ]);
     push(&["-serial", "chardev:console"]);
     // vda: the read-only root image; the data disk is found by its serial in the guest.

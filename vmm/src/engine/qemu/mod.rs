@@ -86,7 +86,12 @@ impl QemuVm {
             }
         };
         File::create(&cfg.console_log).map_err(io(&cfg.console_log))?;
-        let err = File::create(&qemu_log).map_err(io(&qemu_log))?;
+        File::create(&qemu_log).map_err(io(&qemu_log))?;
+        // Appending, so the log can be rotated in place while QEMU runs.
+        let err = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&qemu_log)
+            .map_err(io(&qemu_log))?;
         let out = err.try_clone().map_err(io(&qemu_log))?;
         let child = Command::new(&cfg.qemu)
             .args(args::build(cfg, accel.accel))
