@@ -5,7 +5,7 @@
 //! | `engine` | `"auto"`, `"builtin"`, `"qemu"` | `"auto"` | which engine runs the VM (`auto`: builtin when the host hypervisor can run the guest, else qemu) |
 //! | `cpus` | integer, 1–32 | all the host's CPUs but one (1–8) | vCPUs |
 //! | `memory` | size (`"4GiB"`, `"512MiB"`; a bare integer is MiB), 256MiB–host RAM | a quarter of host RAM, up to 2GiB within half of it | guest RAM (freed memory goes back to the host) |
-//! | `disk_size` | size, 1GiB–16TiB | `"64GiB"` | the sparse data disk for `/var/lib/docker`, sized when it is created (first start) |
+//! | `disk_size` | size, 1GiB–16TiB | `"64GiB"` | the sparse data disk for `/var/lib/docker`; a larger value grows the existing disk at the next start and the guest grows its filesystem online (it never shrinks) |
 //! | `share_home` | bool | `true` | share `$HOME` at the same path in the VM |
 //! | `mounts` | list of `"HOSTDIR[:GUESTDIR][:ro]"` | `[]` | more shared folders: absolute paths without `,` or control characters, guest folders without whitespace, each guest folder once |
 //! | `nested` | bool | `false` | give the VM a `/dev/kvm` of its own (KVM workloads in containers: `docker run --device /dev/kvm`), where the host allows it |

@@ -119,8 +119,23 @@ fn start_vm(
         log::info!("{msg}");
         state.blocking_lock().message = msg.to_string();
     };
-    set("creating the data disk");
-    vmm::engine::qemu::ensure_data_disk(&inst.data_disk(), cfg.disk_size_mib << 20)?;
+    set("preparing the data disk");
+    let want = cfg.disk_size_mib << 20;
+    let had = std::fs::metadata(inst.data_disk()).map(|m| m.len()).ok();
+    vmm::engine::qemu::ensure_data_disk(&inst.data_disk(), want)?;
+    match had {
+        Some(had) if had < want => log::info!(
+            "data disk grown from {} to {} MiB; the guest grows its filesystem when it mounts it",
+            had >> 20,
+            want >> 20
+        ),
+        Some(had) if had > want => log::warn!(
+            "disk_size is {} MiB but the data disk already has {} MiB; it is never shrunk",
+            want >> 20,
+            had >> 20
+        ),
+        _ => {}
+    }
     let vm = engine::start(kind, inst, &guest_spec(inst, cfg, assets), &set)?;
     state.blocking_lock().engine = vm.describe();
     Ok(vm)

@@ -99,6 +99,59 @@ pub fn has_ext4(dev: &Path) -> io::Result<bool> {
     Ok(magic == [0x53, 0xef])
 }
 
+/// Size in bytes of the ext4 filesystem whose superblock (the 1024 bytes at offset 1024
+/// of the device) is `sb`: blocks count × block size. `None` for a malformed superblock.
+pub fn ext4_size(sb: &[u8]) -> Option<u64> {
+    let u32_at =
+        |o: usize| -> Option<u32> { Some(u32::from_le_bytes(sb.get(o..o + 4)?.try_into().ok()?)) };
+    const INCOMPAT_64BIT: u32 = 0x80;
+    let lo = u64::from(u32_at(0x4)?);
+    let log = u32_at(0x18)?;
+    if log > 6 {
+        return None;
+    }
+    let hi = if u32_at(0x60)? & INCOMPAT_64BIT != 0 {
+        u64::from(u32_at(0x150)?)
+    } else {
+        0
+    };
+    ((hi << 32) | lo).checked_mul(1024u64 << log)
+}
+
+/// Whether the device (or image file) `dev` has room past its ext4 filesystem worth growing
+/// into: more than 1 MiB (what resize2fs leaves over is less).
+pub fn ext4_can_grow(dev: &Path) -> io::Result<bool> {
+    let mut f = fs::File::open(dev)?;
+    let dev_len = f.seek(SeekFrom::End(0))?;
+    f.seek(SeekFrom::Start(1024))?;
+    let mut sb = [0u8; 1024];
+    f.read_exact(&mut sb)?;
+    let fs_len = ext4_size(&sb)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad ext4 superblock"))?;
+    Ok(dev_len > fs_len.saturating_add(1 << 20))
+}
+
+/// Grows the mounted data filesystem to its disk (`disk_size` raised on the host): online,
+/// with resize2fs, only when the disk is larger than the filesystem.
+fn grow_if_needed(dev: &Path) {
+    let d = dev.display().to_string();
+    match ext4_can_grow(dev) {
+        Ok(true) => {
+            info!("growing the data filesystem on {d} to the disk's size");
+            match Command::new("resize2fs").arg(&d).output() {
+                Ok(o) if o.status.success() => info!("data filesystem grown"),
+                Ok(o) => info!(
+                    "resize2fs {d} failed: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+                Err(e) => info!("cannot run resize2fs: {e}"),
+            }
+        }
+        Ok(false) => {}
+        Err(e) => info!("cannot read the data filesystem's size on {d}: {e}"),
+    }
+}
+
 /// Mount the data disk at [`DATA_DIR`] (formatting it on first boot) and bind its
 /// subdirectories over /var/lib/docker, /var/lib/containerd and /var/log. Without a data
 /// disk those stay on tmpfs (state is lost at shutdown), which is logged.
@@ -150,7 +203,10 @@ fn mount_data(dev: &Path) -> bool {
         }
     }
     match mount(&d, DATA_DIR, "ext4", NOSUID | NODEV, "discard") {
-        Ok(()) => true,
+        Ok(()) => {
+            grow_if_needed(dev);
+            true
+        }
         Err(e) => {
             info!("mount {d} on {DATA_DIR}: {e}");
             false
@@ -209,4 +265,61 @@ pub fn unmount_all() {
         }
     }
     sys::sync();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn have(tool: &str) -> bool {
+        ["/sbin", "/usr/sbin", "/bin", "/usr/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(tool).exists())
+    }
+
+    #[test]
+    fn test_ext4_grow_detected_on_a_real_image_and_cleared_by_resize2fs() {
+        if !have("mkfs.ext4") || !have("resize2fs") {
+            eprintln!("skipped: mkfs.ext4/resize2fs (e2fsprogs) not installed on this host");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("data.img");
+        fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
+        // The same options the agent formats the data disk with.
+        let st = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "vmctl-data", "-m", "0"])
+            .args(["-E", "lazy_itable_init=1,lazy_journal_init=1"])
+            .arg(&img)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let mut sb = [0u8; 1024];
+        let mut f = fs::File::open(&img).unwrap();
+        f.seek(SeekFrom::Start(1024)).unwrap();
+        f.read_exact(&mut sb).unwrap();
+        assert_eq!(ext4_size(&sb), Some(64 << 20));
+        assert!(!ext4_can_grow(&img).unwrap());
+
+        // disk_size raised on the host: the file grows, the filesystem does not yet.
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&img)
+            .unwrap()
+            .set_len(256 << 20)
+            .unwrap();
+        assert!(ext4_can_grow(&img).unwrap());
+        let st = Command::new("resize2fs")
+            .arg("-f")
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(st.status.success(), "{st:?}");
+        assert!(!ext4_can_grow(&img).unwrap());
+
+        assert_eq!(ext4_size(&[0u8; 10]), None, "short superblock");
+        let mut bad = [0u8; 1024];
+        bad[0x18] = 40;
+        assert_eq!(ext4_size(&bad), None, "absurd block size");
+    }
 }

@@ -38,16 +38,32 @@ pub enum QemuError {
     Timeout(Duration, String),
 }
 
-/// Create a sparse data disk of `size_bytes` if `path` does not exist yet.
+/// Create a sparse data disk of `size_bytes` if `path` does not exist yet, or grow an
+/// existing one that is smaller (never shrink it).
 pub fn ensure_data_disk(path: &Path, size_bytes: u64) -> Result<(), QemuError> {
-    if path.exists() {
-        return Ok(());
-    }
     let io = |source| QemuError::Io {
         what: "create data disk",
         path: path.to_path_buf(),
         source,
     };
+    if let Ok(meta) = std::fs::metadata(path) {
+        // An existing disk grows to a larger `disk_size` (sparse: no space is taken; the
+        // guest agent grows the filesystem when it mounts it) and never shrinks, which
+        // would cut off data.
+        if meta.is_file() && meta.len() < size_bytes {
+            let grow = |source| QemuError::Io {
+                what: "grow data disk",
+                path: path.to_path_buf(),
+                source,
+            };
+            OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|f| f.set_len(size_bytes))
+                .map_err(grow)?;
+        }
+        return Ok(());
+    }
     let f = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -188,5 +204,38 @@ impl Drop for QemuVm {
         if self.try_exit().is_none() {
             self.kill();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_data_disk_created_sparse_grown_never_shrunk() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("data.img");
+        ensure_data_disk(&p, 1 << 30).unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 1 << 30);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .and_then(|f| std::os::unix::fs::FileExt::write_at(&f, b"data", 4096))
+            .unwrap();
+        ensure_data_disk(&p, 2 << 30).unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 2 << 30, "grown");
+        ensure_data_disk(&p, 1 << 30).unwrap();
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().len(),
+            2 << 30,
+            "never shrunk"
+        );
+        let mut b = [0u8; 4];
+        let f = std::fs::File::open(&p).unwrap();
+        std::os::unix::fs::FileExt::read_at(&f, &mut b, 4096).unwrap();
+        assert_eq!(&b, b"data", "contents kept");
+        // Still sparse: growing took no space.
+        let blocks = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&p).unwrap());
+        assert!(blocks * 512 < 1 << 20, "{blocks} blocks");
     }
 }
