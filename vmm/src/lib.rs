@@ -19,6 +19,8 @@ pub mod fuzzing;
 pub use usernet::hostsock;
 pub mod hv;
 pub mod ratelimit;
+#[cfg(target_os = "linux")]
+pub mod sandbox;
 pub mod sys;
 #[cfg(target_os = "linux")]
 pub mod vhost_user;

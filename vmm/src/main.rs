@@ -134,6 +134,14 @@ mod cli {
             fs: args.fs,
         };
         let exit_report = args.exit_report.as_ref();
+        // The VMM handles guest data from here on: no exec, ptrace, mounts, module loads...
+        #[cfg(target_os = "linux")]
+        if let Err(e) = vmm::sandbox::apply() {
+            let detail = chain(&e);
+            eprintln!("vmm: error: {detail}");
+            report(exit_report, &builtin::ExitReport::Error { detail });
+            return 1;
+        }
         match builtin::run(&cfg) {
             Ok(how) => {
                 log::info!("guest {how:?}");

@@ -51,7 +51,22 @@ pub fn sibling_program(name: &str) -> Result<PathBuf, BackendError> {
 /// A running backend process.
 pub struct Backend {
     pub name: String,
+    pub log: PathBuf,
     child: Child,
+}
+
+/// How a backend ended, for the instance status: a seccomp kill (SIGSYS) is named as such.
+pub fn describe_exit(status: std::process::ExitStatus, log: &Path) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status.signal() {
+        Some(libc::SIGSYS) => format!(
+            "was killed by its seccomp sandbox (SIGSYS): it made a system call it is not \
+             allowed (a bug, or a process taken over through the guest); see {}",
+            log.display()
+        ),
+        Some(sig) => format!("was killed by signal {sig}; see {}", log.display()),
+        None => format!("exited ({status}); see {}", log.display()),
+    }
 }
 
 impl Backend {
@@ -86,6 +101,7 @@ impl Backend {
         let child = cmd.spawn().map_err(spawn_err)?;
         let mut b = Backend {
             name: name.to_string(),
+            log: log.to_path_buf(),
             child,
         };
         let deadline = Instant::now() + Duration::from_secs(10);

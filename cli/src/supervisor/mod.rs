@@ -362,8 +362,13 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
                         break None;
                     }
                 }
-                EngineExit::PowerOff | EngineExit::Failed(_) => {
+                EngineExit::PowerOff => {
                     log::warn!("the VM ended on its own ({exit:?})");
+                    break None;
+                }
+                EngineExit::Failed(why) => {
+                    log::error!("the VM failed: {why}");
+                    loop_error = Some(format!("the VM failed: {why}"));
                     break None;
                 }
             }

@@ -11,7 +11,7 @@ mod cli {
     use std::sync::Arc;
 
     use clap::Parser;
-    use vmm::vhost_user::vsock::{serve, VsockBackend};
+    use vmm::vhost_user::vsock::{serve, VhostUserVsockError, VsockBackend};
 
     /// Serve virtio-vsock to QEMU over vhost-user.
     #[derive(Parser, Debug)]
@@ -56,7 +56,11 @@ mod cli {
         unsafe { libc::umask(0o077) };
         let result = VsockBackend::new(args.guest_cid, &args.uds_path)
             .map_err(Into::into)
-            .and_then(|b| serve(&args.socket, Arc::new(b), args.once));
+            .and_then(|b| {
+                // From here on the process handles guest data: no exec, ptrace, mounts...
+                vmm::sandbox::apply().map_err(VhostUserVsockError::from)?;
+                serve(&args.socket, Arc::new(b), args.once)
+            });
         match result {
             Ok(()) => 0,
             Err(e) => {

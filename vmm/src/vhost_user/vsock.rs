@@ -37,6 +37,8 @@ const MAX_QUEUE_SIZE: usize = 1024;
 pub enum VhostUserVsockError {
     #[error(transparent)]
     Muxer(#[from] MuxerError),
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
     // vhost_user_backend::Error implements Display but not std::error::Error, so it is
     // formatted into the message instead of being a #[source].
     #[error("Cannot create the vhost-user daemon: {0}")]

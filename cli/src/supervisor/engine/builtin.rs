@@ -135,8 +135,8 @@ impl Engine for BuiltinEngine {
             }
             Some(ExitReport::Error { detail }) => EngineExit::Failed(detail),
             None => EngineExit::Failed(format!(
-                "vmm exited ({status}) without an exit report; see {}",
-                self.log.display()
+                "vmm {} (no exit report)",
+                crate::supervisor::backends::describe_exit(status, &self.log)
             )),
         })
     }

@@ -12,7 +12,7 @@ pub struct QemuEngine {
     vm: QemuVm,
     describe: String,
     console: std::path::PathBuf,
-    _backends: Vec<Backend>,
+    backends: Vec<Backend>,
 }
 
 impl QemuEngine {
@@ -95,6 +95,9 @@ impl QemuEngine {
         qc.fs_shares = fs_shares;
         qc.qmp_socket = Some(inst.dir.join("qmp.sock"));
         qc.cmdline = Some(kernel_cmdline(spec, &[]).context("kernel command line")?);
+        // QEMU's own seccomp sandbox where it has one; VMCTL_SECCOMP=off leaves it off.
+        qc.sandbox = std::env::var_os("VMCTL_SECCOMP").is_none_or(|v| v != "off")
+            && vmm::engine::qemu::args::qemu_supports_sandbox(&qc.qemu);
         progress("booting the VM");
         let vm = QemuVm::start(&qc, None)?;
         let describe = format!("qemu on {}", vm.accel().accel.as_str().to_uppercase());
@@ -102,7 +105,7 @@ impl QemuEngine {
             vm,
             describe,
             console,
-            _backends: backends,
+            backends,
         })
     }
 }
@@ -130,6 +133,16 @@ impl Engine for QemuEngine {
     /// end it was is read from the guest's last console words (QEMU's exit status does not
     /// say).
     fn try_exit(&mut self) -> Option<EngineExit> {
+        // A device backend that died takes the VM's disk/network/vsock with it: end the VM
+        // and say which backend and how.
+        for b in &mut self.backends {
+            if let Some(st) = b.try_status() {
+                let why = crate::supervisor::backends::describe_exit(st, &b.log);
+                log::error!("the {} backend {why}", b.name);
+                self.vm.kill();
+                return Some(EngineExit::Failed(format!("the {} backend {why}", b.name)));
+            }
+        }
         let status = self.vm.try_exit()?;
         Some(if console_says_panic(&self.console) {
             EngineExit::Panic
