@@ -56,6 +56,8 @@ pub mod fuzz;
 #[cfg(unix)]
 pub mod hostsock;
 mod icmp;
+#[cfg(target_os = "linux")]
+pub mod sandbox;
 mod tcp;
 mod udp;
 mod udp_fwd;

@@ -20,7 +20,8 @@ pub use usernet::hostsock;
 pub mod hv;
 pub mod ratelimit;
 #[cfg(target_os = "linux")]
-pub mod sandbox;
+/// seccomp for the processes that handle guest data: usernet's (vmm depends on it already).
+pub use usernet::sandbox;
 pub mod sys;
 #[cfg(target_os = "linux")]
 pub mod vhost_user;

@@ -1,4 +1,5 @@
-//! seccomp for the processes that handle guest data (`vmm`, `vmm-vsock-backend`): once set
+//! seccomp for the processes that handle guest data (`vmm`, `vmm-vsock-backend`, `usernet
+//! stream`; it lives here because vmm depends on usernet, not the other way): once set
 //! up, a process may no longer make the system calls an attacker who took it over through
 //! a device bug would want next: running programs, debugging or reading other processes,
 //! changing mounts or namespaces, loading kernel code, BPF, keyrings, rebooting, setting the
@@ -26,7 +27,7 @@ pub enum SandboxError {
     Arch(&'static str),
 }
 
-/// System calls no vmm process makes once it runs a VM.
+/// System calls none of these processes makes once it serves a VM.
 pub fn denied_syscalls() -> Vec<(&'static str, i64)> {
     let mut v = vec![
         ("execve", libc::SYS_execve),
