@@ -84,8 +84,48 @@ fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> bool
     false
 }
 
+/// The daemons' logs (on the data disk) are rotated past this size, one older copy kept.
+pub const DAEMON_LOG_MAX: u64 = 16 << 20;
+/// How often the daemons' log sizes are checked.
+const ROTATE_EVERY: Duration = Duration::from_secs(30);
+
+/// If `path` is larger than `max`, copies it to `<path>.1` (replacing the older copy) and
+/// truncates it. The daemons write with O_APPEND (see `spawn_logged`), so their next line
+/// lands at the start of the emptied file. Returns whether it rotated.
+pub fn rotate_in_place(path: &Path, max: u64) -> std::io::Result<bool> {
+    let len = match std::fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if len <= max {
+        return Ok(false);
+    }
+    let mut old = path.as_os_str().to_owned();
+    old.push(".1");
+    std::fs::copy(path, &old)?;
+    OpenOptions::new().write(true).open(path)?.set_len(0)?;
+    Ok(true)
+}
+
+/// Keeps containerd's and dockerd's logs bounded while the VM runs (never returns).
+fn rotate_daemon_logs() {
+    loop {
+        std::thread::sleep(ROTATE_EVERY);
+        for name in ["containerd", "dockerd"] {
+            let p = format!("/var/log/{name}.log");
+            match rotate_in_place(Path::new(&p), DAEMON_LOG_MAX) {
+                Ok(true) => info!("rotated {p}"),
+                Ok(false) => {}
+                Err(e) => info!("cannot rotate {p}: {e}"),
+            }
+        }
+    }
+}
+
 /// Start containerd, then dockerd, recording the `containerd` and `dockerd` phases.
 pub fn start() {
+    std::thread::spawn(rotate_daemon_logs);
     match spawn_logged("containerd", &["/usr/bin/containerd"]) {
         Ok(pid) => CONTAINERD_PID.store(pid, Ordering::SeqCst),
         Err(e) => info!("cannot start containerd: {e}"),
@@ -114,5 +154,34 @@ pub fn start() {
         DOCKER_READY.store(true, Ordering::SeqCst);
         log::phase("dockerd");
         info!("docker ready");
+    }
+}
+
+#[cfg(test)]
+mod rotate_tests {
+    use super::*;
+
+    #[test]
+    fn test_daemon_log_rotated_in_place_and_appends_restart_at_zero() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("dockerd.log");
+        let mut w = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .unwrap();
+        w.write_all(&[b'x'; 100]).unwrap();
+        assert!(!rotate_in_place(&p, 100).unwrap());
+        w.write_all(b"y\n").unwrap();
+        assert!(rotate_in_place(&p, 100).unwrap());
+        assert_eq!(
+            std::fs::metadata(d.path().join("dockerd.log.1"))
+                .unwrap()
+                .len(),
+            102
+        );
+        w.write_all(b"next\n").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"next\n");
+        assert!(!rotate_in_place(&d.path().join("missing.log"), 1).unwrap());
     }
 }
