@@ -449,7 +449,9 @@ mod tests {
             }
         };
         let opened = Block::open(Path::new(&dev), true, None);
-        let _ = std::process::Command::new("losetup").args(["-d", &dev]).status();
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &dev])
+            .status();
         let block = opened.expect("open loop device");
         assert_eq!(block.capacity_sectors, (3 << 20) / SECTOR_SIZE);
         let file = Block::open(&image, true, None).expect("open image file");
