@@ -334,6 +334,9 @@ mod tests {
         assert!(a.contains("-M q35,memory-backend=mem"), "{a}");
         assert!(a.contains("virtio-blk-pci,drive=root"), "{a}");
         assert!(a.contains("virtio-net-pci,netdev=net0,romfile="), "{a}");
+        // TCG's one TSC is declared reliable to the guest; on KVM the guest decides.
+        assert!(a.contains(" tsc=reliable"), "{a}");
+        assert!(!build(&cfg(), Accel::Kvm).join(" ").contains("tsc=reliable"));
         assert!(
             a.contains("file=/r/root,,fs,format=raw,if=none,readonly=on"),
             "{a}"
