@@ -152,10 +152,109 @@ fn test_builtin_engine_runs_linux_and_the_docker_vm_in_the_nested_bed() {
     assert!(boot.contains("NESTED-LINUX-BOOTED"), "{boot}");
     assert!(boot.contains(r#""how":"reset""#), "{boot}");
 
-    // 2. The Docker VM on the builtin engine (`vmctl start --engine builtin` inside the
-    // bed) is not asserted yet: its guest boots, gets DHCP from the in-process usernet and
-    // starts its agent and containerd, then stalls under the doubly emulated timer (see the
-    // builtin-engine issue's note). `inner_vmctl` is kept for that step.
-    let _ = inner_vmctl(&assets.kernel, &assets.rootfs, "status");
+    // 2. The Docker VM on the builtin engine, driven from the outer machine with the real
+    // `docker` CLI through the inner instance's forwarded socket.
+    let tar = vmctl_tests::cli_env::busybox_tar(&scratch);
+    let docker = format!("docker -H unix://{INNER_HOME}/default/docker.sock");
+    let inner_share = "/var/lib/docker/vmctl-share";
+    outer_ok(
+        &env,
+        "inner config",
+        &format!(
+            "mkdir -p {inner_share} && echo from-the-outer-side > {inner_share}/in.txt && {}",
+            inner_vmctl(
+                &assets.kernel,
+                &assets.rootfs,
+                "config set share_home false"
+            )
+        ),
+        STEP,
+    );
+    let start = inner_vmctl(
+        &assets.kernel,
+        &assets.rootfs,
+        &format!(
+            "start --engine builtin --cpus 2 --memory 1536MiB --disk-size 4GiB \
+             --mount {inner_share}:/mnt/share"
+        ),
+    );
+    outer_ok(
+        &env,
+        "inner vmctl start --engine builtin",
+        &start,
+        Duration::from_secs(900),
+    );
+    let status = outer_ok(
+        &env,
+        "inner status",
+        &inner_vmctl(&assets.kernel, &assets.rootfs, "status"),
+        STEP,
+    );
+    assert!(status.contains("builtin"), "{status}");
+    outer_ok(
+        &env,
+        "docker import",
+        &format!("{docker} import {SCRATCH}/{} bb", file_name(&tar)),
+        Duration::from_secs(300),
+    );
+    // A bind mount over virtio-fs (served in the VMM's process): read a file the outer side
+    // wrote, write one it then reads.
+    let out = outer_ok(
+        &env,
+        "docker run with a bind mount",
+        &format!(
+            "{docker} run --rm -v /mnt/share:/data bb sh -c 'cat /data/in.txt; echo from-the-container > /data/out.txt' \
+             && cat {inner_share}/out.txt"
+        ),
+        Duration::from_secs(300),
+    );
+    assert!(out.contains("from-the-outer-side"), "{out}");
+    assert!(out.contains("from-the-container"), "{out}");
+    // A published port reaches the outer machine's 127.0.0.1.
+    let out = outer_ok(
+        &env,
+        "published port",
+        &format!(
+            "{docker} run -d --name web -p 18080:80 bb httpd -f -p 80 -h /www >/dev/null && \
+             for i in $(seq 1 60); do bash -c 'exec 3<>/dev/tcp/127.0.0.1/18080 && printf \"GET / HTTP/1.0\\r\\n\\r\\n\" >&3 && cat <&3' 2>/dev/null | grep -q 'published port works' && echo published port works && exit 0; sleep 2; done; exit 1"
+        ),
+        Duration::from_secs(300),
+    );
+    assert!(out.contains("published port works"), "{out}");
+    // vmctl exec runs in the inner guest.
+    let out = outer_ok(
+        &env,
+        "inner vmctl exec",
+        &inner_vmctl(&assets.kernel, &assets.rootfs, "exec -- cat /proc/cmdline"),
+        STEP,
+    );
+    assert!(out.contains("vmctl."), "{out}");
+    // A named volume and the image survive stop and start.
+    outer_ok(
+        &env,
+        "named volume",
+        &format!("{docker} run --rm -v keep:/v bb sh -c 'echo kept > /v/k'"),
+        Duration::from_secs(300),
+    );
+    outer_ok(
+        &env,
+        "inner stop",
+        &inner_vmctl(&assets.kernel, &assets.rootfs, "stop"),
+        Duration::from_secs(300),
+    );
+    outer_ok(&env, "inner start again", &start, Duration::from_secs(900));
+    let out = outer_ok(
+        &env,
+        "volume and image after restart",
+        &format!("{docker} run --rm -v keep:/v bb cat /v/k"),
+        Duration::from_secs(300),
+    );
+    assert!(out.contains("kept"), "{out}");
+    outer_ok(
+        &env,
+        "inner stop",
+        &inner_vmctl(&assets.kernel, &assets.rootfs, "stop"),
+        Duration::from_secs(300),
+    );
     env.vmctl_ok(&["stop"], Duration::from_secs(120));
 }
