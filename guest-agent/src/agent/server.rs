@@ -314,9 +314,19 @@ mod tests {
             let mut w = host.try_clone().unwrap();
             let mut reader = FrameReader::new(host.try_clone().unwrap());
             hello(&mut reader, &mut w);
+            drop(reader);
             let addr = addr.map(str::to_string);
             write_frame(&mut w, &Request::Forward { port, addr }).unwrap();
-            (reader.expect::<Response>().unwrap(), host)
+            // Byte by byte, as the supervisor reads it: the listener speaks first, so a
+            // buffered reader would swallow its greeting along with the reply.
+            let mut line = Vec::new();
+            let mut b = [0u8; 1];
+            let mut r = &host;
+            while r.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
+                line.push(b[0]);
+            }
+            let resp: Response = serde_json::from_slice(&line).unwrap();
+            (resp, host)
         };
         let (resp, _) = open(None);
         assert!(matches!(resp, Response::Error { .. }), "{resp:?}");
