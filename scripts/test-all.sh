@@ -28,6 +28,11 @@ step "cargo clippy --target x86_64-pc-windows-msvc (type-check only: Windows can
 # not available yet.
 cargo clippy --workspace --exclude guest-agent --exclude fs-share --exclude vmctl-tests --target x86_64-pc-windows-msvc -- -D warnings
 
+step "a second QEMU for the tests that need a newer one (Debian 13's, unpacked under ~/.cache/vmctl/tools)"
+VMCTL_TEST_QEMU_NEW=$(./scripts/fetch-test-qemu.sh || true)
+export VMCTL_TEST_QEMU_NEW
+echo "${VMCTL_TEST_QEMU_NEW:-none}"
+
 step "cargo nextest run --workspace"
 log=$(mktemp)
 status=0

@@ -39,13 +39,19 @@ pub struct Env {
     pub docker_config: PathBuf,
     pub agent: PathBuf,
     pub name: String,
+    /// `VMCTL_QEMU` for every vmctl command (and so the supervisor): a QEMU other than
+    /// the one on `PATH`.
+    pub qemu: Option<PathBuf>,
 }
 
 impl Env {
     pub fn vmctl(&self, args: &[&str], timeout: Duration) -> proc::Out {
+        let mut cmd = Command::new(self.bin.join("vmctl"));
+        if let Some(q) = &self.qemu {
+            cmd.env("VMCTL_QEMU", q);
+        }
         proc::run(
-            Command::new(self.bin.join("vmctl"))
-                .args(["--name", &self.name])
+            cmd.args(["--name", &self.name])
                 .args(args)
                 .env("VMCTL_HOME", self.home.path().join("instances"))
                 .env("DOCKER_CONFIG", &self.docker_config)
@@ -192,6 +198,7 @@ impl Env {
             docker_config,
             agent,
             name: name.to_string(),
+            qemu: None,
         }
     }
 
