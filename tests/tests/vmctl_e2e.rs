@@ -111,6 +111,46 @@ fn test_vmctl_start_docker_run_stop_restart_recover_delete() {
     let uname = env.vmctl_ok(&["exec", "--", "uname", "-a"], STEP);
     assert!(uname.starts_with("Linux "), "{uname}");
 
+    // The guest clock follows the host's: knocked 10 years back in the guest (as a wrong
+    // clock after a host suspend would be), it is back on the host's within the push period,
+    // then within 100 ms plus one `vmctl exec` round trip of it.
+    env.vmctl_ok(&["exec", "--", "date", "-s", "@1500000000"], STEP);
+    let host_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0)
+    };
+    let t = Instant::now();
+    let (off, window) = loop {
+        let before = host_now();
+        let out = env.vmctl_ok(&["exec", "--", "date", "+%s.%N"], STEP);
+        let after = host_now();
+        let guest: f64 = out.trim().parse().unwrap_or(0.0);
+        if guest > before - 1.0 {
+            break (
+                if guest < before {
+                    before - guest
+                } else {
+                    (guest - after).max(0.0)
+                },
+                after - before,
+            );
+        }
+        assert!(
+            t.elapsed() < vmctl::supervisor::clock::PERIOD + Duration::from_secs(10),
+            "the guest clock was not set back to the host's: guest {guest}, host {before}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!(
+        "guest clock back on the host's after {:.1} s; off by {:.3} s outside a {:.3} s exec window",
+        t.elapsed().as_secs_f64(),
+        off,
+        window
+    );
+    assert!(off < 0.1, "guest clock off by {off:.3} s after the push");
+
     // `vmctl shell` from a terminal (script(1) provides one): a pseudo-terminal in the guest,
     // what is typed runs there, and the shell's exit code comes back.
     if have("script") {

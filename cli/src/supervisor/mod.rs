@@ -3,6 +3,7 @@
 //! records progress in `<instance>/state.json` for `vmctl start`/`status` to read.
 
 pub mod backends;
+pub mod clock;
 pub mod control;
 pub mod docker_proxy;
 pub mod engine;
@@ -316,6 +317,7 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
                 inst.vsock_sock(),
                 guest_agent::protocol::DOCKER_PORT,
             )),
+            rt.spawn(clock::follow_host(inst.vsock_sock())),
             rt.spawn(ports::run(
                 inst.vsock_sock(),
                 state.clone(),
