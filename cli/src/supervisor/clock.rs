@@ -27,6 +27,16 @@ struct Offsets {
     boottime: i128,
 }
 
+/// A clock that stops while the host sleeps, and one that does not.
+#[cfg(target_os = "linux")]
+const AWAKE: libc::clockid_t = libc::CLOCK_MONOTONIC;
+#[cfg(target_os = "linux")]
+const SINCE_BOOT: libc::clockid_t = libc::CLOCK_BOOTTIME;
+#[cfg(target_os = "macos")]
+const AWAKE: libc::clockid_t = libc::CLOCK_UPTIME_RAW;
+#[cfg(target_os = "macos")]
+const SINCE_BOOT: libc::clockid_t = libc::CLOCK_MONOTONIC;
+
 fn clock_ns(id: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -42,10 +52,10 @@ fn clock_ns(id: libc::clockid_t) -> i128 {
 
 impl Offsets {
     fn now() -> Offsets {
-        let mono = clock_ns(libc::CLOCK_MONOTONIC);
+        let mono = clock_ns(AWAKE);
         Offsets {
             realtime: clock_ns(libc::CLOCK_REALTIME) - mono,
-            boottime: clock_ns(libc::CLOCK_BOOTTIME) - mono,
+            boottime: clock_ns(SINCE_BOOT) - mono,
         }
     }
 
