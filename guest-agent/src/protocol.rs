@@ -170,6 +170,12 @@ pub enum Request {
         #[serde(default)]
         read_only: bool,
     },
+    /// Host file events for the shared folder mounted at guest `path`: after `Ok`, the host
+    /// writes one `fs_share::events` line per change on the host and the agent replays each
+    /// so the guest's inotify watchers see it; it ends when the host closes the connection.
+    ReplayEvents {
+        path: String,
+    },
 }
 
 /// One boot phase and when it ended, in milliseconds since the guest kernel started.

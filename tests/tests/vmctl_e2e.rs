@@ -70,6 +70,57 @@ fn test_vmctl_start_docker_run_stop_restart_recover_delete() {
     ]);
     assert_eq!(read.trim(), "file from the host");
 
+    // Host file events: a container watching a file of the bind mount with inotify sees the
+    // host's write (fs-share's inotify on the host, replayed in the guest by the agent).
+    std::fs::write(share.join("watched.txt"), "v1").unwrap();
+    vmctl_tests::build_static_program("inotify_watch", &share).unwrap();
+    env.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "watcher",
+        "-v",
+        "/mnt/share:/data",
+        "e2e-busybox",
+        "/data/inotify-watch",
+        "/data/watched.txt",
+    ]);
+    let logs = || env.docker(&["logs", "watcher"], STEP).stdout;
+    let t = Instant::now();
+    while !logs().contains("WATCHING") {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "watcher did not start: {}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !logs().contains("EVENT"),
+        "an event before the write: {}",
+        logs()
+    );
+    std::fs::write(share.join("watched.txt"), "v2 from the host").unwrap();
+    let t = Instant::now();
+    loop {
+        let out = logs();
+        if out.contains("EVENT") {
+            eprintln!(
+                "host write seen by inotify in a container within {:.2} s (docker logs polled): {}",
+                t.elapsed().as_secs_f64(),
+                out.trim()
+            );
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no inotify event in the container for a host write\n{}",
+            env.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    env.docker_ok(&["rm", "-f", "watcher"]);
+
     // usernet: host.docker.internal reaches the host's loopback.
     let port = host_http_server("hello from the host");
     let url = format!("http://host.docker.internal:{port}/");

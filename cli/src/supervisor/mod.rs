@@ -7,6 +7,7 @@ pub mod clock;
 pub mod control;
 pub mod docker_proxy;
 pub mod engine;
+pub mod host_events;
 pub mod limits;
 pub mod ports;
 pub mod reboots;
@@ -311,7 +312,15 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
     let tasks = {
         let _guard = rt.enter();
         let l = docker_proxy::bind(&inst.docker_sock())?;
-        vec![
+        let mut tasks = Vec::new();
+        // fs-share streams host file events where it runs as a process (the qemu engine).
+        if kind == EngineKind::Qemu {
+            for share in shares(&cfg) {
+                let events = host_events::events_sock(inst, &share.tag);
+                tasks.push(rt.spawn(host_events::relay(inst.vsock_sock(), events, share)));
+            }
+        }
+        tasks.extend([
             rt.spawn(docker_proxy::serve(
                 l,
                 inst.vsock_sock(),
@@ -326,7 +335,8 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
                     ..Default::default()
                 },
             )),
-        ]
+        ]);
+        tasks
     };
     {
         let mut s = state.blocking_lock();

@@ -17,7 +17,6 @@ pub const MAX_WATCHES: usize = 65_536;
 pub fn spawn(root: &Path, socket: &Path) -> io::Result<()> {
     let listener = crate::hostsock::bind_owner_only(socket).map_err(|e| e.into_io())?;
     let clients: Arc<Mutex<Vec<UnixStream>>> = Arc::new(Mutex::new(Vec::new()));
-    let mut watcher = Watcher::new(root, MAX_WATCHES)?;
     {
         let clients = clients.clone();
         thread::Builder::new()
@@ -28,23 +27,37 @@ pub fn spawn(root: &Path, socket: &Path) -> io::Result<()> {
                         tracing::warn!("events socket: refused a client of another user");
                         continue;
                     }
+                    // A client that stops reading must not stall the watcher for the others.
+                    let _ = s.set_write_timeout(Some(std::time::Duration::from_secs(2)));
                     clients.lock().unwrap_or_else(|e| e.into_inner()).push(s);
                 }
             })?;
     }
+    // The first walk of a large tree (a home folder) takes a while: it runs in the watcher's
+    // thread, so the share is served at once and events start when the walk is done.
+    let root = root.to_path_buf();
     thread::Builder::new()
         .name("events-watch".into())
-        .spawn(move || loop {
-            let events = match watcher.next_events() {
-                Ok(e) => e,
+        .spawn(move || {
+            let mut watcher = match Watcher::new(&root, MAX_WATCHES) {
+                Ok(w) => w,
                 Err(e) => {
                     tracing::warn!("inotify: {e}");
                     return;
                 }
             };
-            let text: String = events.iter().map(|e| e.to_line()).collect();
-            let mut cs = clients.lock().unwrap_or_else(|e| e.into_inner());
-            cs.retain_mut(|c| c.write_all(text.as_bytes()).is_ok());
+            loop {
+                let events = match watcher.next_events() {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::warn!("inotify: {e}");
+                        return;
+                    }
+                };
+                let text: String = events.iter().map(|e| e.to_line()).collect();
+                let mut cs = clients.lock().unwrap_or_else(|e| e.into_inner());
+                cs.retain_mut(|c| c.write_all(text.as_bytes()).is_ok());
+            }
         })?;
     Ok(())
 }

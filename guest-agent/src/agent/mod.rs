@@ -2,6 +2,7 @@
 
 pub mod boot;
 pub mod bridge;
+pub mod events;
 pub mod exec;
 pub mod fs_server;
 pub mod log;

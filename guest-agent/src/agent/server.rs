@@ -151,6 +151,7 @@ fn session<S: Duplex>(mut conn: S) -> Result<(), ProtocolError> {
             }
             Request::WatchPorts => return watch_ports(reader, conn),
             Request::Forward { port, addr } => return forward(reader, conn, port, addr.as_deref()),
+            Request::ReplayEvents { path } => return super::events::replay(reader, conn, &path),
             Request::ServeFs { path, read_only } => {
                 return super::fs_server::serve(reader, conn, &path, read_only);
             }

@@ -70,6 +70,11 @@ impl QemuEngine {
                 share.tag.clone(),
                 "--shared-dir".into(),
                 share.host.display().to_string(),
+                // Host file events, relayed to the guest by `supervisor::host_events`.
+                "--events-socket".into(),
+                crate::supervisor::host_events::events_sock(inst, &share.tag)
+                    .display()
+                    .to_string(),
             ];
             if share.read_only {
                 args.push("--readonly".into());

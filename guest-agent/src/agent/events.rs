@@ -1,0 +1,176 @@
+//! `Request::ReplayEvents`: host file events replayed in the guest, so inotify watchers in
+//! containers (bind mounts of a shared folder) see changes made on the host.
+//!
+//! virtio-fs cannot notify a Linux guest, so fs-share watches the share on the host and the
+//! supervisor streams its event lines (`fs_share::events`) here. For each created, changed or
+//! moved-in file the agent sets its times to what they are (`utimensat`, mtime for both):
+//! the guest kernel refreshes the FUSE attributes and raises IN_ATTRIB for every watcher,
+//! which libuv/Node, chokidar, watchdog and inotifywait react to. Lima does the same.
+//!
+//! Paths come from the host but name entries the guest can shape (it can put symlinks in the
+//! share), so each is resolved beneath the mount root with no symlink followed.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use fs_share::events::{EventKind, HostEvent};
+use guest_agent::protocol::{write_frame, FrameReader, ProtocolError, Response};
+
+use super::bridge::Duplex;
+use super::log::info;
+
+/// Answers `ReplayEvents { path }` and replays event lines until the host closes.
+pub fn replay<S: Duplex>(
+    mut reader: FrameReader<S>,
+    mut conn: S,
+    path: &str,
+) -> Result<(), ProtocolError> {
+    let root = match open_dir(libc::AT_FDCWD, path, false) {
+        Ok(fd) => fd,
+        Err(e) => {
+            let message = format!("replay events: {path}: {e}");
+            write_frame(&mut conn, &Response::Error { message })?;
+            return Ok(());
+        }
+    };
+    write_frame(&mut conn, &Response::Ok)?;
+    let mut replayed = 0u64;
+    loop {
+        let ev = match reader.read::<HostEvent>() {
+            Ok(Some(ev)) => ev,
+            Ok(None) => break,
+            Err(e) if e.is_recoverable() => continue,
+            Err(e) => return Err(e),
+        };
+        // The same path rules as every guest-side consumer: relative, no `.`/`..`, no NUL.
+        let Ok(ev) = HostEvent::parse_line(&ev.to_line()) else {
+            continue;
+        };
+        if ev.kind == EventKind::Delete {
+            continue;
+        }
+        if touch(&root, &ev.path).is_ok() {
+            replayed += 1;
+        }
+    }
+    info!("host events for {path}: {replayed} replayed");
+    Ok(())
+}
+
+/// Opens a directory: `path` beneath `dirfd` with no symlink followed when `beneath`.
+fn open_dir(dirfd: i32, path: &str, beneath: bool) -> std::io::Result<OwnedFd> {
+    let c = CString::new(path).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+    let mut how: libc::open_how = unsafe_zeroed_open_how();
+    how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+    if beneath {
+        how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS;
+    }
+    // SAFETY: a NUL-terminated path and a valid open_how of the size passed; the returned fd
+    // is owned below.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dirfd,
+            c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: openat2 returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn unsafe_zeroed_open_how() -> libc::open_how {
+    // SAFETY: open_how is plain integers; all-zero is its documented default.
+    unsafe { std::mem::zeroed() }
+}
+
+/// Sets `rel`'s (beneath `root`) access and change times to its modification time.
+fn touch(root: &OwnedFd, rel: &str) -> std::io::Result<()> {
+    let (parent, name) = match rel.rsplit_once('/') {
+        Some((p, n)) => (Some(open_dir(root.as_raw_fd(), p, true)?), n),
+        None => (None, rel),
+    };
+    let dir = parent.as_ref().unwrap_or(root).as_raw_fd();
+    let c = CString::new(name).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+    // SAFETY: an all-zero stat is a valid out-parameter.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid dirfd, NUL-terminated name, writable stat.
+    if unsafe { libc::fstatat(dir, c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let t = libc::timespec {
+        tv_sec: st.st_mtime,
+        tv_nsec: st.st_mtime_nsec,
+    };
+    let times = [t, t];
+    // SAFETY: valid dirfd, NUL-terminated name, two valid timespecs.
+    if unsafe { libc::utimensat(dir, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::fs::symlink;
+    use std::os::unix::net::UnixStream;
+
+    /// Watched files get IN_ATTRIB from a replay; a symlink out of the root is not followed.
+    #[test]
+    fn test_replay_raises_attrib_and_stays_beneath_the_root() {
+        let share = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir(share.path().join("src")).unwrap();
+        std::fs::write(share.path().join("src/a.txt"), "a").unwrap();
+        std::fs::write(outside.path().join("secret"), "s").unwrap();
+        symlink(outside.path(), share.path().join("out")).unwrap();
+
+        let mut ino = inotify::Inotify::init().unwrap();
+        ino.watches()
+            .add(share.path().join("src/a.txt"), inotify::WatchMask::ATTRIB)
+            .unwrap();
+        ino.watches()
+            .add(outside.path().join("secret"), inotify::WatchMask::ATTRIB)
+            .unwrap();
+
+        let (mut host, agent) = UnixStream::pair().unwrap();
+        let root = share.path().to_str().unwrap().to_string();
+        let t = std::thread::spawn(move || {
+            let reader = FrameReader::new(agent.try_clone().unwrap());
+            replay(reader, agent, &root)
+        });
+        let mut r = FrameReader::new(host.try_clone().unwrap());
+        assert_eq!(r.expect::<Response>().unwrap(), Response::Ok);
+        for line in [
+            r#"{"kind":"modify","path":"out/secret"}"#,
+            r#"{"kind":"modify","path":"../x"}"#,
+            "garbage",
+            r#"{"kind":"modify","path":"src/a.txt"}"#,
+        ] {
+            host.write_all(line.as_bytes()).unwrap();
+            host.write_all(b"\n").unwrap();
+        }
+        drop(host);
+        drop(r);
+        t.join().unwrap().unwrap();
+
+        let mut buf = [0u8; 4096];
+        let mut seen = Vec::new();
+        // Non-blocking read of what is queued: exactly the file inside the share.
+        let fd = ino.as_raw_fd();
+        // SAFETY: a valid inotify fd; O_NONBLOCK only changes how reads wait.
+        unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) };
+        if let Ok(events) = ino.read_events(&mut buf) {
+            for e in events {
+                seen.push(e.wd);
+            }
+        }
+        assert_eq!(seen.len(), 1, "one IN_ATTRIB, for src/a.txt only");
+    }
+}
