@@ -48,13 +48,19 @@ impl HostEvent {
     /// Parses one line from the host; the guest side must use this (it validates the path).
     pub fn parse_line(line: &str) -> Result<HostEvent, EventError> {
         let ev: HostEvent = serde_json::from_str(line.trim_end()).map_err(EventError::Parse)?;
-        if ev.path.starts_with('/')
-            || ev.path.split('/').any(|c| c == ".." || c == ".")
-            || ev.path.contains('\0')
-        {
-            return Err(EventError::BadPath(ev.path));
-        }
+        ev.check_path()?;
         Ok(ev)
+    }
+
+    /// The path rule every guest-side consumer applies: relative, no `.`/`..`, no NUL.
+    pub fn check_path(&self) -> Result<(), EventError> {
+        if self.path.starts_with('/')
+            || self.path.split('/').any(|c| c == ".." || c == ".")
+            || self.path.contains('\0')
+        {
+            return Err(EventError::BadPath(self.path.clone()));
+        }
+        Ok(())
     }
 }
 

@@ -11,9 +11,11 @@
 //! share), so each is resolved beneath the mount root with no symlink followed.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
 
 use fs_share::events::{EventKind, HostEvent};
+use fs_share::sys::linux::ops::{open_beneath, open_root};
 use guest_agent::protocol::{write_frame, FrameReader, ProtocolError, Response};
 
 use super::bridge::Duplex;
@@ -25,7 +27,7 @@ pub fn replay<S: Duplex>(
     mut conn: S,
     path: &str,
 ) -> Result<(), ProtocolError> {
-    let root = match open_dir(libc::AT_FDCWD, path, false) {
+    let root = match open_root(Path::new(path)) {
         Ok(fd) => fd,
         Err(e) => {
             let message = format!("replay events: {path}: {e}");
@@ -42,11 +44,7 @@ pub fn replay<S: Duplex>(
             Err(e) if e.is_recoverable() => continue,
             Err(e) => return Err(e),
         };
-        // The same path rules as every guest-side consumer: relative, no `.`/`..`, no NUL.
-        let Ok(ev) = HostEvent::parse_line(&ev.to_line()) else {
-            continue;
-        };
-        if ev.kind == EventKind::Delete {
+        if ev.check_path().is_err() || ev.kind == EventKind::Delete {
             continue;
         }
         if touch(&root, &ev.path).is_ok() {
@@ -57,45 +55,23 @@ pub fn replay<S: Duplex>(
     Ok(())
 }
 
-/// Opens a directory: `path` beneath `dirfd` with no symlink followed when `beneath`.
-fn open_dir(dirfd: i32, path: &str, beneath: bool) -> std::io::Result<OwnedFd> {
-    let c = CString::new(path).map_err(|_| std::io::ErrorKind::InvalidInput)?;
-    let mut how: libc::open_how = unsafe_zeroed_open_how();
-    how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
-    if beneath {
-        how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS;
-    }
-    // SAFETY: a NUL-terminated path and a valid open_how of the size passed; the returned fd
-    // is owned below.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dirfd,
-            c.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: openat2 returned a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+fn cstring(s: &str) -> std::io::Result<CString> {
+    CString::new(s).map_err(|_| std::io::ErrorKind::InvalidInput.into())
 }
 
-fn unsafe_zeroed_open_how() -> libc::open_how {
-    // SAFETY: open_how is plain integers; all-zero is its documented default.
-    unsafe { std::mem::zeroed() }
-}
-
-/// Sets `rel`'s (beneath `root`) access and change times to its modification time.
+/// Sets `rel`'s (beneath `root`) access and change times to its modification time. Each
+/// directory on the way is opened with fs-share's `open_beneath` (no `..`, no symlink, no
+/// magic link followed), the same confinement its passthrough applies.
 fn touch(root: &OwnedFd, rel: &str) -> std::io::Result<()> {
-    let (parent, name) = match rel.rsplit_once('/') {
-        Some((p, n)) => (Some(open_dir(root.as_raw_fd(), p, true)?), n),
-        None => (None, rel),
-    };
+    let (dirs, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+    let mut parent: Option<OwnedFd> = None;
+    for comp in dirs.split('/').filter(|c| !c.is_empty()) {
+        let at = parent.as_ref().unwrap_or(root).as_fd();
+        let next = open_beneath(at, &cstring(comp)?, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        parent = Some(next);
+    }
     let dir = parent.as_ref().unwrap_or(root).as_raw_fd();
-    let c = CString::new(name).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+    let c = cstring(name)?;
     // SAFETY: an all-zero stat is a valid out-parameter.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: valid dirfd, NUL-terminated name, writable stat.
