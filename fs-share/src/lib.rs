@@ -60,8 +60,6 @@ pub mod config;
 pub mod events;
 pub mod fuzz;
 pub mod handle_table;
-#[cfg(target_os = "linux")]
-pub mod hostsock;
 pub mod inode_table;
 pub mod name;
 pub mod sys;

@@ -118,6 +118,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             events_socket,
             share,
         } => {
+            lock_down(&share)?;
             if let Some(ev) = &events_socket {
                 fs_share::transport::events::spawn(&share.shared_dir, ev)
                     .with_context(|| format!("events socket {}", ev.display()))?;
@@ -138,6 +139,20 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             fs_share::transport::events::print_events(shared_dir)?;
         }
     }
+    Ok(())
+}
+
+/// Before any thread starts or the guest sends a byte: a root server keeps only the file
+/// capabilities serving needs (it stays uid 0 to serve root's files with their owners), and
+/// the seccomp filter goes on (no exec, mounts, ptrace, network sockets...). Capabilities
+/// are per thread, hence first thing, while this is the only one.
+#[cfg(target_os = "linux")]
+fn lock_down(share: &ShareArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let keep =
+        sandbox::privileges::file_server_capabilities(share.allow_setuid, share.allow_devices);
+    sandbox::privileges::keep_file_capabilities(&keep).context("fs-share sandbox")?;
+    sandbox::seccomp::apply(sandbox::seccomp::Profile::FileServer).context("fs-share sandbox")?;
     Ok(())
 }
 

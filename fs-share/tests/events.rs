@@ -137,14 +137,14 @@ fn test_serve_sockets_are_owner_only_and_other_users_refused() {
         let mode = std::fs::metadata(s).expect("stat").mode() & 0o777;
         assert_eq!(mode, 0o600, "{}", s.display());
     }
-    let Some(r) = fs_share::hostsock::connect_as_nobody(&vu_sock, "x") else {
+    let Some(r) = sandbox::hostsock::connect_as_nobody(&vu_sock, "x") else {
         return;
     };
     assert!(
         r.starts_with("connect-error: Permission denied"),
         "vhost-user: {r}"
     );
-    let r = fs_share::hostsock::connect_as_nobody(&ev_sock, "x").expect("ran");
+    let r = sandbox::hostsock::connect_as_nobody(&ev_sock, "x").expect("ran");
     assert!(
         r.starts_with("connect-error: Permission denied"),
         "events: {r}"
@@ -153,7 +153,7 @@ fn test_serve_sockets_are_owner_only_and_other_users_refused() {
     std::fs::set_permissions(&ev_sock, std::fs::Permissions::from_mode(0o666)).expect("chmod");
     let nobody = {
         let p = ev_sock.clone();
-        std::thread::spawn(move || fs_share::hostsock::connect_as_nobody(&p, ""))
+        std::thread::spawn(move || sandbox::hostsock::connect_as_nobody(&p, ""))
     };
     std::thread::sleep(Duration::from_millis(300));
     std::fs::write(share.join("while-nobody-waits"), b"x").expect("write");

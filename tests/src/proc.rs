@@ -87,3 +87,70 @@ pub fn wait_with_timeout(
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A running process: its program's file name and its `/proc/PID/status` text.
+#[derive(Debug, Clone)]
+pub struct ProcInfo {
+    pub pid: u32,
+    pub program: String,
+    pub status: String,
+}
+
+impl ProcInfo {
+    /// The four ids of a `Uid:` or `Gid:` line (real, effective, saved, filesystem).
+    pub fn ids(&self, key: &str) -> Vec<u32> {
+        self.status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(|rest| {
+                rest.split_whitespace()
+                    .filter_map(|v| v.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A capability set (`CapEff`, `CapBnd` …) as a bit mask.
+    pub fn caps(&self, key: &str) -> u64 {
+        self.status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| u64::from_str_radix(v.trim_start_matches(':').trim(), 16).ok())
+            .unwrap_or(u64::MAX)
+    }
+}
+
+/// Processes whose command line mentions `needle` (e.g. an instance directory).
+pub fn processes_mentioning(needle: &str) -> Vec<ProcInfo> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if !args.iter().any(|a| a.contains(needle)) {
+            continue;
+        }
+        let program = args
+            .first()
+            .and_then(|a| a.rsplit('/').next())
+            .unwrap_or_default()
+            .to_string();
+        let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+        out.push(ProcInfo {
+            pid,
+            program,
+            status,
+        });
+    }
+    out
+}

@@ -54,6 +54,39 @@ fn test_vmctl_start_docker_run_stop_restart_recover_delete() {
         .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
     assert_eq!(mode.ok(), Some(0o600), "docker.sock must be owner-only");
 
+    // vmctl runs as root here: the processes that face the guest gave up root. QEMU, usernet
+    // and the vsock backend run as `nobody`; fs-share stays uid 0 for root's files but holds
+    // only file capabilities (no CAP_SYS_ADMIN, bit 21; no CAP_NET_RAW, bit 13), bounding
+    // set included.
+    let inst = env.instance_dir().display().to_string();
+    let procs = vmctl_tests::proc::processes_mentioning(&inst);
+    for want in ["usernet", "vmm-vsock-backend", "fs-share"] {
+        assert!(
+            procs.iter().any(|p| p.program == want),
+            "no {want} process for {inst}: {procs:?}"
+        );
+    }
+    assert!(
+        procs.iter().any(|p| p.program.starts_with("qemu")),
+        "{procs:?}"
+    );
+    for p in &procs {
+        match p.program.as_str() {
+            "usernet" | "vmm-vsock-backend" => {
+                assert_eq!(p.ids("Uid:"), [65534; 4], "{} still root", p.program);
+            }
+            "fs-share" => {
+                let (eff, bnd) = (p.caps("CapEff"), p.caps("CapBnd"));
+                assert_eq!(eff & (1 << 21 | 1 << 13), 0, "fs-share CapEff {eff:x}");
+                assert_eq!(bnd & (1 << 21 | 1 << 13), 0, "fs-share CapBnd {bnd:x}");
+            }
+            q if q.starts_with("qemu") => {
+                assert_eq!(p.ids("Uid:"), [65534; 4], "QEMU still root");
+            }
+            _ => {}
+        }
+    }
+
     let dir = tempfile::tempdir().unwrap();
     let tar = busybox_tar(dir.path());
     env.docker_ok(&["import", &tar.display().to_string(), "e2e-busybox"]);

@@ -53,11 +53,7 @@ mod device;
 mod dhcp;
 mod dns;
 pub mod fuzz;
-#[cfg(unix)]
-pub mod hostsock;
 mod icmp;
-#[cfg(target_os = "linux")]
-pub mod sandbox;
 mod tcp;
 mod udp;
 mod udp_fwd;

@@ -163,10 +163,6 @@ fn main() -> anyhow::Result<()> {
         }
         #[cfg(unix)]
         Cmd::Stream { socket, net } => {
-            // Every frame it handles comes from the guest: no exec, ptrace, mounts... (the
-            // tap transport is left out: it enters a network namespace with setns).
-            #[cfg(target_os = "linux")]
-            usernet::sandbox::apply().context("usernet stream")?;
             usernet::stream::run(&socket, net.config()).context("usernet stream failed")
         }
     }

@@ -37,6 +37,9 @@ pub enum StreamError {
     Io(#[source] io::Error),
     #[error("Cannot install signal handlers")]
     Signals(#[source] io::Error),
+    #[cfg(target_os = "linux")]
+    #[error("Cannot sandbox usernet")]
+    Sandbox(#[from] sandbox::LockdownError),
 }
 
 /// Decodes length-prefixed frames from a byte stream.
@@ -122,7 +125,7 @@ pub fn run(path: &Path, config: Config) -> Result<(), StreamError> {
     };
     // Owner-only from the start: a new connection replaces QEMU as the network peer.
     let std_listener =
-        crate::hostsock::bind_owner_only(path).map_err(|e| listen_err(e.into_io()))?;
+        sandbox::hostsock::bind_owner_only(path).map_err(|e| listen_err(e.into_io()))?;
     std_listener.set_nonblocking(true).map_err(listen_err)?;
     let listener = UnixListener::from_std(std_listener);
     let net = UserNet::new(config)?;
@@ -130,6 +133,10 @@ pub fn run(path: &Path, config: Config) -> Result<(), StreamError> {
     net.registry()
         .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
         .map_err(StreamError::Signals)?;
+    // Everything it handles from now on comes from the guest: give up root and the calls an
+    // attacker would want next (socket, NAT and signal set-up are done).
+    #[cfg(target_os = "linux")]
+    sandbox::lock_down(sandbox::seccomp::Profile::Device)?;
     tracing::info!(path = %path.display(), "ready");
     let r = serve(net, Some(listener), None, Some(signals));
     let _ = std::fs::remove_file(path);
@@ -193,7 +200,7 @@ fn serve(
         }
         if let Some(l) = listener.as_ref().filter(|_| ready.contains(&LISTEN_TOKEN)) {
             while let Ok((s, _)) = l.accept() {
-                if !crate::hostsock::peer_allowed(std::os::fd::AsFd::as_fd(&s)) {
+                if !sandbox::hostsock::peer_allowed(std::os::fd::AsFd::as_fd(&s)) {
                     tracing::warn!("refused a peer of another user; the current peer stays");
                     continue;
                 }

@@ -38,6 +38,8 @@ pub enum TapError {
     Io(#[source] io::Error),
     #[error("Cannot install signal handlers")]
     Signals(#[source] io::Error),
+    #[error("Cannot sandbox usernet")]
+    Sandbox(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// What `usernet tap` was asked to do.
@@ -80,7 +82,7 @@ pub fn run(opts: &TapOptions, mut config: Config) -> Result<(), TapError> {
         config.verify_checksums = false;
         config.tx_checksum_offload = true;
     }
-    let result = serve(&tap, config, ready_notice);
+    let result = serve(&tap, config, lock_down_and_announce);
     if let Some(path) = resolver {
         let _ = std::fs::remove_file(&path);
         if let Some(dir) = path.parent() {
@@ -90,11 +92,19 @@ pub fn run(opts: &TapOptions, mut config: Config) -> Result<(), TapError> {
     result
 }
 
-fn ready_notice(net: &UserNet) {
+/// Set-up is done (TAP, forwards, signals): lock down before the first guest frame. The tap
+/// transport stays uid 0 to remove the resolver file it wrote under /etc/netns at exit, but
+/// keeps no capability at all, then installs the same seccomp filter as the stream transport.
+fn lock_down_and_announce(net: &UserNet) -> Result<(), TapError> {
+    sandbox::privileges::keep_file_capabilities(&Default::default())
+        .map_err(|e| TapError::Sandbox(e.into()))?;
+    sandbox::seccomp::apply(sandbox::seccomp::Profile::Device)
+        .map_err(|e| TapError::Sandbox(e.into()))?;
     for (fwd, addr) in net.forward_addrs() {
         tracing::info!(%addr, guest_port = fwd.guest_port, "forwarding");
     }
     tracing::info!("ready");
+    Ok(())
 }
 
 fn read_frame(
@@ -195,7 +205,11 @@ fn write_frame(fd: RawFd, frame: &mut [u8], vnet: bool) -> io::Result<()> {
 }
 
 /// Serves an open TAP with a new [`UserNet`] until SIGTERM/SIGINT.
-pub fn serve(tap: &Tap, config: Config, on_ready: fn(&UserNet)) -> Result<(), TapError> {
+pub fn serve(
+    tap: &Tap,
+    config: Config,
+    on_ready: fn(&UserNet) -> Result<(), TapError>,
+) -> Result<(), TapError> {
     let fd = tap.fd.as_raw_fd();
     let vnet = tap.vnet_hdr;
     let mut net = UserNet::new(config)?;
@@ -206,7 +220,7 @@ pub fn serve(tap: &Tap, config: Config, on_ready: fn(&UserNet)) -> Result<(), Ta
     net.registry()
         .register(&mut signals, SIGNAL_TOKEN, Interest::READABLE)
         .map_err(TapError::Signals)?;
-    on_ready(&net);
+    on_ready(&net)?;
     let mut hdr = [0u8; VNET_HDR_LEN];
     let mut ready = Vec::new();
     let mut tap_readable = true;

@@ -125,12 +125,12 @@ fn test_stream_peer_of_another_user_is_refused_and_does_not_replace_the_peer() {
     send(&mut good, &dhcp(DhcpMessageType::Discover, None));
     let offer = parse_dhcp(&recv(&mut good).expect("offer")).expect("DHCP offer");
     assert_eq!(offer.0, DhcpMessageType::Offer);
-    let Some(r) = usernet::hostsock::connect_as_nobody(&sock, "x") else {
+    let Some(r) = sandbox::hostsock::connect_as_nobody(&sock, "x") else {
         return;
     };
     assert!(r.starts_with("connect-error: Permission denied"), "{r}");
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).expect("chmod");
-    let r = usernet::hostsock::connect_as_nobody(&sock, "x").expect("ran before");
+    let r = sandbox::hostsock::connect_as_nobody(&sock, "x").expect("ran before");
     assert!(r == "eof" || r.starts_with("read-error"), "{r}");
     // The owner's peer is still the one served.
     send(&mut good, &dhcp(DhcpMessageType::Request, Some(GUEST)));

@@ -15,13 +15,13 @@ pub mod engine;
 #[cfg(target_os = "linux")]
 pub mod fuzzing;
 #[cfg(unix)]
-/// Owner-only host sockets and the peer check: usernet's (vmm depends on it already).
-pub use usernet::hostsock;
+/// Owner-only host sockets and the peer check.
+pub use sandbox::hostsock;
 pub mod hv;
 pub mod ratelimit;
 #[cfg(target_os = "linux")]
-/// seccomp for the processes that handle guest data: usernet's (vmm depends on it already).
-pub use usernet::sandbox;
+/// seccomp and dropping root for the processes that handle guest data.
+pub use sandbox::{privileges, seccomp};
 pub mod sys;
 #[cfg(target_os = "linux")]
 pub mod vhost_user;

@@ -136,7 +136,7 @@ mod cli {
         let exit_report = args.exit_report.as_ref();
         // The VMM handles guest data from here on: no exec, ptrace, mounts, module loads...
         #[cfg(target_os = "linux")]
-        if let Err(e) = vmm::sandbox::apply() {
+        if let Err(e) = vmm::seccomp::apply(vmm::seccomp::Profile::Device) {
             let detail = chain(&e);
             eprintln!("vmm: error: {detail}");
             report(exit_report, &builtin::ExitReport::Error { detail });

@@ -15,7 +15,7 @@ pub const MAX_WATCHES: usize = 65_536;
 /// Binds `socket` (owner-only, see `hostsock`) and starts the watcher and accept threads;
 /// they run for the process' lifetime. Clients of another uid (not root) are closed at once.
 pub fn spawn(root: &Path, socket: &Path) -> io::Result<()> {
-    let listener = crate::hostsock::bind_owner_only(socket).map_err(|e| e.into_io())?;
+    let listener = sandbox::hostsock::bind_owner_only(socket).map_err(|e| e.into_io())?;
     let clients: Arc<Mutex<Vec<UnixStream>>> = Arc::new(Mutex::new(Vec::new()));
     {
         let clients = clients.clone();
@@ -23,7 +23,7 @@ pub fn spawn(root: &Path, socket: &Path) -> io::Result<()> {
             .name("events-accept".into())
             .spawn(move || {
                 for s in listener.incoming().flatten() {
-                    if !crate::hostsock::peer_allowed(std::os::fd::AsFd::as_fd(&s)) {
+                    if !sandbox::hostsock::peer_allowed(std::os::fd::AsFd::as_fd(&s)) {
                         tracing::warn!("events socket: refused a client of another user");
                         continue;
                     }

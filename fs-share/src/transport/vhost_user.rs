@@ -38,7 +38,7 @@ pub enum VhostUserFsError {
     #[error("vhost-user connection on {0} failed: {1}")]
     Serve(std::path::PathBuf, vhost_user_backend::Error),
     #[error("Cannot listen for a vhost-user frontend")]
-    Listen(#[source] crate::hostsock::HostSockError),
+    Listen(#[source] sandbox::hostsock::HostSockError),
 }
 
 /// Guest-triggerable warnings are rate-limited to one per second.
@@ -230,7 +230,7 @@ pub fn serve(
     // a socket bound under it world-connectable. vhost-user-backend accepts the frontend
     // itself, so no SO_PEERCRED check is possible here: the 0600 mode makes the kernel
     // refuse every other non-root uid at connect(2), the same rule `hostsock` applies.
-    let listener = crate::hostsock::bind_owner_only(socket).map_err(VhostUserFsError::Listen)?;
+    let listener = sandbox::hostsock::bind_owner_only(socket).map_err(VhostUserFsError::Listen)?;
     let mut listener = vhost::vhost_user::Listener::from(listener);
     tracing::info!(socket = %socket.display(), "waiting for a vhost-user frontend");
     let serve_err = |e| VhostUserFsError::Serve(socket.to_path_buf(), e);

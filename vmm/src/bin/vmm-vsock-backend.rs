@@ -11,7 +11,7 @@ mod cli {
     use std::sync::Arc;
 
     use clap::Parser;
-    use vmm::vhost_user::vsock::{serve, VhostUserVsockError, VsockBackend};
+    use vmm::vhost_user::vsock::{bind, serve, VhostUserVsockError, VsockBackend};
 
     /// Serve virtio-vsock to QEMU over vhost-user.
     #[derive(Parser, Debug)]
@@ -57,9 +57,12 @@ mod cli {
         let result = VsockBackend::new(args.guest_cid, &args.uds_path)
             .map_err(Into::into)
             .and_then(|b| {
-                // From here on the process handles guest data: no exec, ptrace, mounts...
-                vmm::sandbox::apply().map_err(VhostUserVsockError::from)?;
-                serve(&args.socket, Arc::new(b), args.once)
+                let mut listener = bind(&args.socket)?;
+                // From here on the process handles guest data: not as root, and no exec,
+                // ptrace, mounts...
+                sandbox::lock_down(sandbox::seccomp::Profile::Device)
+                    .map_err(VhostUserVsockError::from)?;
+                serve(&mut listener, &args.socket, Arc::new(b), args.once)
             });
         match result {
             Ok(()) => 0,

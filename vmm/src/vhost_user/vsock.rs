@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::Listener;
 use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
@@ -38,7 +39,9 @@ pub enum VhostUserVsockError {
     #[error(transparent)]
     Muxer(#[from] MuxerError),
     #[error(transparent)]
-    Sandbox(#[from] crate::sandbox::SandboxError),
+    Sandbox(#[from] sandbox::LockdownError),
+    #[error("Cannot create the vhost-user socket")]
+    Listen(#[source] sandbox::hostsock::HostSockError),
     // vhost_user_backend::Error implements Display but not std::error::Error, so it is
     // formatted into the message instead of being a #[source].
     #[error("Cannot create the vhost-user daemon: {0}")]
@@ -191,9 +194,17 @@ impl VhostUserBackend for VsockBackend {
     }
 }
 
-/// Serves vhost-user frontends on `socket` one after another (QEMU reconnecting after a
-/// restart finds the same hybrid socket and CID), until one fails.
+/// Creates the owner-only vhost-user socket QEMU connects to (a stale socket file is
+/// replaced). Bound once, before the process gives up root, and served by [`serve`].
+pub fn bind(socket: &Path) -> Result<Listener, VhostUserVsockError> {
+    let l = sandbox::hostsock::bind_owner_only(socket).map_err(VhostUserVsockError::Listen)?;
+    Ok(Listener::from(l))
+}
+
+/// Serves vhost-user frontends on `listener` (bound at `socket`) one after another (QEMU
+/// reconnecting after a restart finds the same hybrid socket and CID), until one fails.
 pub fn serve(
+    listener: &mut Listener,
     socket: &Path,
     backend: Arc<VsockBackend>,
     once: bool,
@@ -213,9 +224,16 @@ pub fn serve(
             "vhost-user-vsock: waiting for a frontend on {}",
             socket.display()
         );
-        daemon
-            .serve(socket)
-            .map_err(|e| VhostUserVsockError::Serve(socket.to_path_buf(), e))?;
+        let serve_err = |e| VhostUserVsockError::Serve(socket.to_path_buf(), e);
+        daemon.start(listener).map_err(serve_err)?;
+        match daemon.wait() {
+            // A frontend going away is the normal end (as `VhostUserDaemon::serve` treats it).
+            Err(vhost_user_backend::Error::HandleRequest(
+                vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+            ))
+            | Ok(()) => {}
+            Err(e) => return Err(serve_err(e)),
+        }
         log::info!("vhost-user-vsock: frontend disconnected");
         backend.lock().muxer.reset();
         if once {

@@ -103,6 +103,11 @@ impl QemuEngine {
         // QEMU's own seccomp sandbox where it has one; VMCTL_SECCOMP=off leaves it off.
         qc.sandbox = std::env::var_os("VMCTL_SECCOMP").is_none_or(|v| v != "off")
             && vmm::engine::qemu::args::qemu_supports_sandbox(&qc.qemu);
+        // Started as root: QEMU gives up root once its devices are open, like the backends.
+        #[cfg(target_os = "linux")]
+        {
+            qc.run_as = run_as(&qc.qemu)?;
+        }
         progress("booting the VM");
         let vm = QemuVm::start(&qc, None)?;
         let describe = format!("qemu on {}", vm.accel().accel.as_str().to_uppercase());
@@ -166,4 +171,26 @@ impl Engine for QemuEngine {
     fn kill(&mut self) {
         self.vm.kill();
     }
+}
+
+/// The user QEMU becomes when vmctl runs as root (`None` for a user, who has nothing to
+/// give up). A QEMU that cannot change its user is refused rather than left as root.
+#[cfg(target_os = "linux")]
+fn run_as(qemu: &std::path::Path) -> anyhow::Result<Option<vmm::engine::qemu::args::RunAs>> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(None);
+    }
+    let user = vmm::privileges::backend_user()?;
+    let Some(option) = vmm::engine::qemu::args::qemu_run_as_option(qemu) else {
+        anyhow::bail!(
+            "{} cannot change its user (-runas/-run-with), and vmctl does not run QEMU as \
+             root; run vmctl as an ordinary user, or use a QEMU that has -run-with",
+            qemu.display()
+        );
+    };
+    Ok(Some(vmm::engine::qemu::args::RunAs {
+        user: user.name,
+        option,
+    }))
 }

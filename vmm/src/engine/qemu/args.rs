@@ -88,14 +88,51 @@ pub struct QemuConfig {
     /// spawning and resource control denied); set where this QEMU supports it
     /// ([`qemu_supports_sandbox`]).
     pub sandbox: bool,
+    /// Become this user once the devices are set up (vmctl started as root: QEMU faces the
+    /// guest as an unprivileged user, not as root).
+    pub run_as: Option<RunAs>,
+}
+
+/// Which user QEMU becomes after set-up, and the option this QEMU has for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub user: String,
+    pub option: RunAsOption,
+}
+
+/// `-run-with user=` (QEMU 9.1 and later, where `-runas` is deprecated) or `-runas`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunAsOption {
+    RunWith,
+    Runas,
+}
+
+fn qemu_help(qemu: &std::path::Path) -> Option<String> {
+    let o = std::process::Command::new(qemu)
+        .arg("-help")
+        .output()
+        .ok()?;
+    Some(String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
 /// Whether `qemu` lists `-sandbox` in its help (built with libseccomp).
 pub fn qemu_supports_sandbox(qemu: &std::path::Path) -> bool {
-    std::process::Command::new(qemu)
-        .arg("-help")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("\n-sandbox "))
+    qemu_help(qemu).is_some_and(|h| h.contains("\n-sandbox "))
+}
+
+/// How `qemu` changes its user after set-up, from its help; `None` if it cannot.
+pub fn qemu_run_as_option(qemu: &std::path::Path) -> Option<RunAsOption> {
+    let help = qemu_help(qemu)?;
+    if help
+        .lines()
+        .any(|l| l.starts_with("-run-with ") && l.contains("user="))
+    {
+        Some(RunAsOption::RunWith)
+    } else if help.contains("\n-runas ") {
+        Some(RunAsOption::Runas)
+    } else {
+        None
+    }
 }
 
 /// The QEMU binary: `$VMCTL_QEMU` when set (another build or version, as Lima's
@@ -126,6 +163,7 @@ impl QemuConfig {
             nested: false,
             cmdline: None,
             sandbox: false,
+            run_as: None,
         }
     }
 }
@@ -207,6 +245,30 @@ pub fn build(cfg: &QemuConfig, accel: Accel) -> Vec<String> {
         ]),
         Machine::Q35 => push(&["-M", "q35,memory-backend=mem"]),
     }
+    if cfg.sandbox {
+        // QEMU parses guest-controlled data all day: it may not exec, fork, change its
+        // privileges or use obsolete system calls (a violation kills it, and the
+        // supervisor reports the VM failed). Changing its user once (`run_as`) needs the
+        // id calls: seccomp is installed before QEMU drops root, and as the unprivileged
+        // user it runs as afterwards those calls can no longer regain anything.
+        let elevate = if cfg.run_as.is_some() {
+            "allow"
+        } else {
+            "deny"
+        };
+        push(&[
+            "-sandbox",
+            &format!(
+                "on,obsolete=deny,elevateprivileges={elevate},spawn=deny,resourcecontrol=deny"
+            ),
+        ]);
+    }
+    if let Some(r) = &cfg.run_as {
+        match r.option {
+            RunAsOption::RunWith => push(&["-run-with", &format!("user={}", r.user)]),
+            RunAsOption::Runas => push(&["-runas", &r.user]),
+        }
+    }
     // Under TCG with several vCPUs, one host thread runs them all in turn (`thread=single`)
     // instead of one thread each (MTTCG). The guest kernel patches its own code at run time
     // (jump labels flipped when dockerd creates the first container's cgroups) while other
@@ -214,15 +276,6 @@ pub fn build(cfg: &QemuConfig, accel: Accel) -> Vec<String> {
     // instruction (oops at an address inside a 5-byte NOP of kmem_cache_alloc, "Fatal
     // exception in interrupt", about one VM in five that ran a container). Round-robin
     // TCG runs the vCPUs one at a time, so every vCPU sees a patch whole.
-    if cfg.sandbox {
-        // QEMU parses guest-controlled data all day: it may not exec, fork, change its
-        // privileges or use obsolete system calls (a violation kills it, and the
-        // supervisor reports the VM failed).
-        push(&[
-            "-sandbox",
-            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
-        ]);
-    }
     if accel == Accel::Tcg && cfg.cpus > 1 {
         push(&["-accel", "tcg,thread=single"]);
     } else {
@@ -392,6 +445,72 @@ mod tests {
             "QEMU refused -sandbox {opt}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// With vmctl running as root, QEMU (each one here: the system's and the tests' newer
+    /// one) becomes the unprivileged user under its sandbox, and stays up.
+    #[test]
+    fn test_qemu_run_as_drops_root_under_sandbox() {
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: QEMU changes its user only when started as root");
+            return;
+        }
+        let mut qemus = vec![default_qemu()];
+        if let Some(q) = std::env::var_os("VMCTL_TEST_QEMU_NEW").filter(|q| !q.is_empty()) {
+            qemus.push(q.into());
+        }
+        for qemu in qemus {
+            let Some(option) = qemu_run_as_option(&qemu) else {
+                eprintln!(
+                    "skipped: {} is missing or has no -runas/-run-with",
+                    qemu.display()
+                );
+                continue;
+            };
+            let mut c = QemuConfig::new("/k".into(), "/r".into(), "/c.log".into());
+            c.sandbox = qemu_supports_sandbox(&qemu);
+            c.run_as = Some(RunAs {
+                user: "nobody".into(),
+                option,
+            });
+            let args = build(&c, Accel::Tcg);
+            let pick = |name: &str| {
+                args.iter()
+                    .position(|a| a == name)
+                    .map(|i| [args[i].clone(), args[i + 1].clone()])
+            };
+            let mut extra: Vec<String> = Vec::new();
+            for name in ["-sandbox", "-run-with", "-runas"] {
+                extra.extend(pick(name).into_iter().flatten());
+            }
+            assert!(extra.len() >= 2, "{args:?}");
+            let mut child = std::process::Command::new(&qemu)
+                .args(["-M", "none", "-display", "none", "-monitor", "none", "-S"])
+                .args(&extra)
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            let status =
+                std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+            let early = child.try_wait().unwrap();
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                early.is_none(),
+                "{} {extra:?} died: {}",
+                qemu.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or("");
+            assert_eq!(
+                uid.split_whitespace().skip(1).collect::<Vec<_>>(),
+                ["65534"; 4],
+                "{}: {uid}",
+                qemu.display()
+            );
+        }
     }
 
     #[test]

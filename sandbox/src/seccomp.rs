@@ -1,9 +1,10 @@
-//! seccomp for the processes that handle guest data (`vmm`, `vmm-vsock-backend`, `usernet
-//! stream`; it lives here because vmm depends on usernet, not the other way): once set
-//! up, a process may no longer make the system calls an attacker who took it over through
-//! a device bug would want next: running programs, debugging or reading other processes,
-//! changing mounts or namespaces, loading kernel code, BPF, keyrings, rebooting, setting the
-//! clock. Such a call kills the whole process with SIGSYS, which the supervisor reports.
+//! seccomp for the processes that handle guest data (`vmm`, `vmm-vsock-backend`, `usernet`,
+//! `fs-share`): once set up, a process may no longer make the system calls an attacker who
+//! took it over through a device bug would want next: running programs, debugging or
+//! reading other processes, changing mounts or namespaces, loading kernel code, BPF,
+//! keyrings, rebooting, setting the clock. Such a call kills the whole process with SIGSYS,
+//! which the supervisor reports. The file server ([`Profile::FileServer`]) also may not
+//! open any socket but a unix one: it has no business on the network.
 //!
 //! This is a deny-list (everything else is allowed), not yet the allow-list Firecracker
 //! ships: an allow-list has to be derived from every path the process takes (vhost-user,
@@ -12,7 +13,20 @@
 
 use std::collections::BTreeMap;
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// Which process the filter is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// A device model or network backend (`vmm`, `vmm-vsock-backend`, `usernet`).
+    Device,
+    /// The virtio-fs server (`fs-share`): as [`Profile::Device`], and sockets only of the
+    /// unix family.
+    FileServer,
+}
 
 /// Errors installing the filter.
 #[derive(Debug, thiserror::Error)]
@@ -75,11 +89,28 @@ fn target_arch() -> Result<TargetArch, SandboxError> {
 }
 
 /// The compiled filter: denied calls kill the process, everything else is allowed.
-pub fn filter() -> Result<BpfProgram, SandboxError> {
-    let rules: BTreeMap<i64, Vec<SeccompRule>> = denied_syscalls()
+pub fn filter(profile: Profile) -> Result<BpfProgram, SandboxError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = denied_syscalls()
         .into_iter()
         .map(|(_, nr)| (nr, Vec::new()))
         .collect();
+    if profile == Profile::FileServer {
+        // socket(domain != AF_UNIX, ...) and socketpair likewise.
+        let not_unix = || -> Result<Vec<SeccompRule>, SandboxError> {
+            let cond = SeccompCondition::new(
+                0,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::Ne,
+                libc::AF_UNIX as u64,
+            )
+            .map_err(SandboxError::Build)?;
+            Ok(vec![
+                SeccompRule::new(vec![cond]).map_err(SandboxError::Build)?
+            ])
+        };
+        rules.insert(libc::SYS_socket, not_unix()?);
+        rules.insert(libc::SYS_socketpair, not_unix()?);
+    }
     let f = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
@@ -97,11 +128,11 @@ pub fn disabled_by_env() -> bool {
 
 /// Installs the filter on every thread of this process (and threads it starts later);
 /// sets `no_new_privs`. Does nothing under `VMCTL_SECCOMP=off` (returns `Ok(false)`).
-pub fn apply() -> Result<bool, SandboxError> {
+pub fn apply(profile: Profile) -> Result<bool, SandboxError> {
     if disabled_by_env() {
         return Ok(false);
     }
-    let prog = filter()?;
+    let prog = filter(profile)?;
     seccompiler::apply_filter_all_threads(&prog).map_err(SandboxError::Install)?;
     // For the end-to-end test that a forbidden call kills the process and the supervisor
     // says so: whoever can set this variable can kill the process anyway.
@@ -139,7 +170,7 @@ mod tests {
 
     #[test]
     fn test_seccomp_denied_call_kills_with_sigsys_allowed_calls_work() {
-        let prog = filter().unwrap();
+        let prog = filter(Profile::Device).unwrap();
         // Allowed calls still work under the filter: files, sockets, threads, clocks.
         let status = in_child(|| {
             if seccompiler::apply_filter(&prog).is_err() {
@@ -161,7 +192,7 @@ mod tests {
         // A denied call made by the process itself (execve, as an exploit would) kills it
         // with SIGSYS. (std's Command would fork first: the filter is inherited, and the
         // child is the one killed.)
-        let prog = filter().unwrap();
+        let prog = filter(Profile::Device).unwrap();
         let status = in_child(|| {
             if seccompiler::apply_filter(&prog).is_err() {
                 return 10;
@@ -179,12 +210,43 @@ mod tests {
     }
 
     #[test]
+    fn test_seccomp_file_server_keeps_unix_sockets_and_dies_on_an_inet_one() {
+        let prog = filter(Profile::FileServer).unwrap();
+        let status = in_child(|| {
+            if seccompiler::apply_filter(&prog).is_err() {
+                return 10;
+            }
+            if std::os::unix::net::UnixStream::pair().is_err() {
+                return 11;
+            }
+            // A file server taken over by the guest opening a TCP socket: killed.
+            let _ = std::net::TcpListener::bind("127.0.0.1:0");
+            12
+        });
+        assert!(libc::WIFSIGNALED(status), "status {status:#x}");
+        assert_eq!(libc::WTERMSIG(status), libc::SIGSYS);
+        // The device profile keeps the network (usernet needs it).
+        let prog = filter(Profile::Device).unwrap();
+        let status = in_child(|| {
+            if seccompiler::apply_filter(&prog).is_err() {
+                return 10;
+            }
+            i32::from(std::net::TcpListener::bind("127.0.0.1:0").is_err())
+        });
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "{status:#x}"
+        );
+    }
+
+    #[test]
     fn test_seccomp_deny_list_names_are_unique_and_compile() {
         let list = denied_syscalls();
         let mut nrs: Vec<i64> = list.iter().map(|(_, n)| *n).collect();
         nrs.sort_unstable();
         nrs.dedup();
         assert_eq!(nrs.len(), list.len());
-        assert!(filter().is_ok());
+        assert!(filter(Profile::Device).is_ok());
+        assert!(filter(Profile::FileServer).is_ok());
     }
 }

@@ -6,8 +6,9 @@
 //! wider mode whatever the process umask (fs-share runs with umask 0 so guest modes apply
 //! exactly, and umask is process-wide, so changing it around `bind` would race other
 //! threads). [`peer_allowed`] accepts the socket's owner (this process' effective uid) and
-//! root, which can reach any socket anyway. A copy of `vmm::hostsock` (this crate does not
-//! depend on `vmm`; fs-share, usernet and vmm each keep one); keep the three in step.
+//! root, which can reach any socket anyway. The owner stays the user the process started as
+//! after it gives up root ([`crate::privileges`]), so a backend moved to `nobody` still
+//! serves root's supervisor and nobody else.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -130,10 +131,18 @@ pub fn peer_uid(fd: BorrowedFd<'_>) -> io::Result<u32> {
     Ok(uid)
 }
 
-/// Whether `uid` may use this process' sockets: the owner (our effective uid) or root.
-pub fn uid_allowed(uid: u32) -> bool {
+static OWNER: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// The user this process' sockets belong to: its effective uid when first asked, which
+/// [`crate::privileges`] asks before giving up root.
+pub fn owner_uid() -> u32 {
     // SAFETY: geteuid cannot fail.
-    uid == 0 || uid == unsafe { libc::geteuid() }
+    *OWNER.get_or_init(|| unsafe { libc::geteuid() })
+}
+
+/// Whether `uid` may use this process' sockets: the owner ([`owner_uid`]) or root.
+pub fn uid_allowed(uid: u32) -> bool {
+    uid == 0 || uid == owner_uid()
 }
 
 /// Whether the peer of an accepted connection may use it (see [`uid_allowed`]); a socket
