@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::vm::NameArg;
+use super::args::NameArg;
 
 #[derive(Debug, Args)]
 pub struct MountArgs {

@@ -9,7 +9,7 @@ use serde::Serialize;
 use vmctl::config::{self, format_size_mib, Config, ConfigFile};
 use vmctl::instance::{self, Instance, State};
 
-use super::vm::NameArg;
+use super::args::NameArg;
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {

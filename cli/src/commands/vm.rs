@@ -11,12 +11,7 @@ use vmctl::image::{kernel, rootfs};
 use vmctl::instance::{self, Instance};
 use vmctl::supervisor::{self, control, Assets};
 
-#[derive(Debug, Args)]
-pub struct NameArg {
-    /// Instance name.
-    #[arg(long, default_value = "default", global = true)]
-    pub name: String,
-}
+use super::args::NameArg;
 
 #[derive(Debug, Args)]
 pub struct StartArgs {
