@@ -7,6 +7,7 @@ pub mod clock;
 pub mod control;
 pub mod docker_proxy;
 pub mod engine;
+mod guest_stream;
 pub mod host_events;
 pub mod limits;
 pub mod ports;

@@ -24,14 +24,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use guest_agent::protocol::{self, PortEvent, Request, Response};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UnixStream};
+use guest_agent::protocol::{PortEvent, Request};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
 
+use super::guest_stream::{current_target, open_stream, Target};
 use super::limits::{self, AcceptBackoff};
-use super::{udp_ports, vsock};
+use super::udp_ports;
 use crate::agent::Agent;
 use crate::instance::{PortState, State};
 
@@ -345,13 +345,6 @@ impl Forwarder {
     }
 }
 
-pub(super) type Target = Arc<std::sync::Mutex<Option<IpAddr>>>;
-
-/// The guest address connections should go to now (`None`: the agent's loopback).
-pub(super) fn current_target(target: &Target) -> Option<String> {
-    target.lock().ok().and_then(|t| *t).map(|ip| ip.to_string())
-}
-
 async fn accept_loop(listener: TcpListener, uds: PathBuf, port: u16, target: Target) {
     let mut backoff = AcceptBackoff::new("forwarded port");
     loop {
@@ -373,52 +366,6 @@ async fn accept_loop(listener: TcpListener, uds: PathBuf, port: u16, target: Tar
                 log::info!("ports: connection to guest port {port}: {e}");
             }
         });
-    }
-}
-
-async fn read_line(s: &mut UnixStream) -> Result<Vec<u8>, String> {
-    let mut line = Vec::new();
-    loop {
-        let mut b = [0u8; 1];
-        match s.read(&mut b).await {
-            Ok(1) if b[0] == b'\n' => return Ok(line),
-            Ok(1) => line.push(b[0]),
-            _ => return Err("agent closed the connection".into()),
-        }
-        if line.len() > 4096 {
-            return Err("agent reply too long".into());
-        }
-    }
-}
-
-async fn call(s: &mut UnixStream, req: &Request) -> Result<Response, String> {
-    let frame = protocol::encode(req).map_err(|e| e.to_string())?;
-    s.write_all(&frame).await.map_err(|e| e.to_string())?;
-    let line = read_line(s).await?;
-    serde_json::from_slice(&line).map_err(|e| e.to_string())
-}
-
-/// Opens a control connection and turns it into a byte stream with `req` (`Forward` or
-/// `ForwardUdp`).
-pub(super) async fn open_stream(uds: &Path, req: &Request) -> Result<UnixStream, String> {
-    let mut guest = vsock::connect(uds, protocol::CONTROL_PORT)
-        .await
-        .map_err(|e| e.to_string())?;
-    match call(
-        &mut guest,
-        &Request::Hello {
-            version: protocol::PROTOCOL_VERSION,
-        },
-    )
-    .await?
-    {
-        Response::Hello { .. } => {}
-        other => return Err(format!("unexpected {other:?}")),
-    }
-    match call(&mut guest, req).await? {
-        Response::Ok => Ok(guest),
-        Response::Error { message } => Err(message),
-        other => Err(format!("unexpected {other:?}")),
     }
 }
 

@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use super::ports::open_stream;
+use super::guest_stream::{current_target, open_stream, Target};
 
 /// A flow with no datagram in either direction for this long is closed.
 pub const IDLE: Duration = Duration::from_secs(90);
@@ -28,7 +28,7 @@ pub const MAX_FLOWS: usize = 1024;
 const QUEUE: usize = 256;
 
 /// Relays datagrams between `sock` (host 127.0.0.1:<port>) and guest port `port`.
-pub async fn relay(sock: UdpSocket, uds: PathBuf, port: u16, target: super::ports::Target) {
+pub async fn relay(sock: UdpSocket, uds: PathBuf, port: u16, target: Target) {
     let sock = Arc::new(sock);
     let mut flows: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let mut buf = vec![0u8; MAX_DATAGRAM];
@@ -64,7 +64,7 @@ pub async fn relay(sock: UdpSocket, uds: PathBuf, port: u16, target: super::port
                 Err(mpsc::error::TrySendError::Full(_)) => continue,
                 Err(mpsc::error::TrySendError::Closed(d)) => {
                     flows.remove(&from);
-                    let addr = super::ports::current_target(&target);
+                    let addr = current_target(&target);
                     start_flow(&mut flows, &sock, &uds, (port, addr), from, d);
                     continue;
                 }
@@ -81,7 +81,7 @@ pub async fn relay(sock: UdpSocket, uds: PathBuf, port: u16, target: super::port
             continue;
         }
         warned_full = false;
-        let addr = super::ports::current_target(&target);
+        let addr = current_target(&target);
         start_flow(&mut flows, &sock, &uds, (port, addr), from, datagram);
     }
 }
