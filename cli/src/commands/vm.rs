@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use vmctl::config::{self, ConfigFile, EngineChoice, Key, Setting};
 use vmctl::image::{kernel, rootfs};
-use vmctl::instance::{self, Instance};
+use vmctl::instance::{self, Instance, Phase};
 use vmctl::supervisor::{self, control, Assets};
 
 use super::args::NameArg;
@@ -206,14 +206,14 @@ pub fn start(name: &NameArg, a: StartArgs) -> anyhow::Result<()> {
                 eprintln!("      {}", s.message);
                 last = s.message.clone();
             }
-            if s.supervisor_pid == pid && s.phase == "failed" {
+            if s.supervisor_pid == pid && s.phase == Phase::Failed {
                 bail!(
                     "{}\n(supervisor log: {})",
                     s.message,
                     supervisor::log_path(&inst).display()
                 );
             }
-            if s.supervisor_pid == pid && s.phase == "running" && ping(&inst.docker_sock()) {
+            if s.supervisor_pid == pid && s.phase == Phase::Running && ping(&inst.docker_sock()) {
                 break;
             }
         }

@@ -24,7 +24,7 @@ use tokio::sync::{watch, Mutex};
 
 use crate::agent::Agent;
 use crate::config::{Config, ConfigFile};
-use crate::instance::{Instance, State};
+use crate::instance::{Instance, Phase, State};
 pub use engine::GUEST_CID;
 use engine::{Engine, EngineExit, EngineKind, GuestSpec, Share};
 /// How long the guest may take to reach Docker-ready (TCG on a busy 2-core host is slow).
@@ -227,7 +227,7 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
         supervisor_pid: std::process::id(),
         engine: kind.as_str().into(),
         engine_reason: reason,
-        phase: "starting".into(),
+        phase: Phase::Starting,
         message: "starting".into(),
         cpus: cfg.cpus,
         memory_mib: cfg.memory_mib,
@@ -292,7 +292,7 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
 
     let fail = |state: &Arc<Mutex<State>>, e: &anyhow::Error| {
         let mut s = state.blocking_lock();
-        s.phase = "failed".into();
+        s.phase = Phase::Failed;
         s.message = format!("{e:#}");
     };
     let mut running = match start_vm(kind, inst, &cfg, &assets, &state) {
@@ -341,7 +341,7 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
     };
     {
         let mut s = state.blocking_lock();
-        s.phase = "running".into();
+        s.phase = Phase::Running;
         s.message = "Docker is ready".into();
     }
     log::info!("running; Docker socket at {}", inst.docker_sock().display());
@@ -387,7 +387,7 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
             }
             {
                 let mut s = state.blocking_lock();
-                s.phase = "starting".into();
+                s.phase = Phase::Starting;
                 s.message = "guest rebooted; starting it again".into();
             }
             drop(running);
@@ -399,7 +399,7 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
                 Ok(r) => {
                     running = r;
                     let mut s = state.blocking_lock();
-                    s.phase = "running".into();
+                    s.phase = Phase::Running;
                     s.message = "Docker is ready".into();
                     continue;
                 }
@@ -424,7 +424,7 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
     };
     {
         let mut s = state.blocking_lock();
-        s.phase = "stopping".into();
+        s.phase = Phase::Stopping;
         s.message = "stopping".into();
     }
     for t in tasks {
@@ -438,11 +438,11 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
         let mut s = state.blocking_lock();
         match &loop_error {
             Some(msg) => {
-                s.phase = "failed".into();
+                s.phase = Phase::Failed;
                 s.message = msg.clone();
             }
             None => {
-                s.phase = "stopped".into();
+                s.phase = Phase::Stopped;
                 s.message = "stopped".into();
             }
         }
