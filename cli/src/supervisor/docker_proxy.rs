@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::net::{UnixListener, UnixStream};
 
-use super::vsock;
+use crate::vsock;
 
 /// Errors serving the socket.
 #[derive(Debug, thiserror::Error)]

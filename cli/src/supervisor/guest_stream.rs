@@ -10,7 +10,7 @@ use guest_agent::protocol::{self, Request, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use super::vsock;
+use crate::vsock;
 
 /// Where forwarded connections go in the guest (`None`: the agent's loopback); updated as
 /// guest listeners come and go.

@@ -13,7 +13,6 @@ pub mod limits;
 pub mod ports;
 pub mod reboots;
 pub mod udp_ports;
-pub mod vsock;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
