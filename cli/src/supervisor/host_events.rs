@@ -35,8 +35,9 @@ async fn relay_once(vsock: &Path, events: &Path, share: &Share) -> Result<(), St
         .await
         .map_err(|e| format!("events socket {}: {e}", events.display()))?;
     let path = share.guest.display().to_string();
-    let mut guest =
-        super::guest_stream::open_stream(vsock, &Request::ReplayEvents { path }).await?;
+    let mut guest = super::guest_stream::open_stream(vsock, &Request::ReplayEvents { path })
+        .await
+        .map_err(|e| e.to_string())?;
     log::info!(
         "host events for {} relayed to the guest at {}",
         share.tag,

@@ -375,7 +375,9 @@ async fn forward(
     port: u16,
     addr: Option<String>,
 ) -> Result<(), String> {
-    let mut guest = open_stream(uds, &Request::Forward { port, addr }).await?;
+    let mut guest = open_stream(uds, &Request::Forward { port, addr })
+        .await
+        .map_err(|e| e.to_string())?;
     tokio::io::copy_bidirectional(&mut client, &mut guest)
         .await
         .map(|_| ())

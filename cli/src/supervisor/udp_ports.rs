@@ -117,7 +117,9 @@ async fn flow(
     peer: SocketAddr,
     mut rx: mpsc::Receiver<Vec<u8>>,
 ) -> Result<(), String> {
-    let guest = open_stream(uds, &Request::ForwardUdp { port, addr }).await?;
+    let guest = open_stream(uds, &Request::ForwardUdp { port, addr })
+        .await
+        .map_err(|e| e.to_string())?;
     let (mut from_guest, mut to_guest) = guest.into_split();
     let start = Instant::now();
     let last = Arc::new(AtomicU64::new(0));
