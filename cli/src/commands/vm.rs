@@ -451,9 +451,7 @@ pub struct SuperviseArgs {
 }
 
 pub fn supervise(name: &NameArg, a: SuperviseArgs) -> anyhow::Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
+    vmm::logging::init("info");
     let inst = Instance::new(&name.name)?;
     supervisor::supervise(
         &inst,

@@ -91,7 +91,7 @@ pub async fn run(vsock_uds: PathBuf, state: Arc<Mutex<State>>, policy: Policy) {
                 match Agent::connect(&uds, Duration::from_secs(5)).and_then(|a| a.watch_ports()) {
                     Ok(w) => w,
                     Err(e) => {
-                        log::debug!("ports: cannot watch: {e}");
+                        tracing::debug!("ports: cannot watch: {e}");
                         return;
                     }
                 };
@@ -171,7 +171,7 @@ impl Forwarder {
 
     async fn event(&mut self, ev: &PortEvent) {
         let Some(guest) = parse_guest_addr(&ev.addr) else {
-            log::debug!("ports: ignoring a listener on {:?}", ev.addr);
+            tracing::debug!("ports: ignoring a listener on {:?}", ev.addr);
             return;
         };
         let key = Key {
@@ -210,7 +210,7 @@ impl Forwarder {
     async fn open(&mut self, key: Key, target: Option<IpAddr>) {
         if self.tracked() >= self.policy.max_ports {
             if self.over_limit.insert(key) && self.over_limit.len() == 1 {
-                log::warn!(
+                tracing::warn!(
                     "ports: limit of {} forwarded ports reached; further guest ports are not forwarded",
                     self.policy.max_ports
                 );
@@ -222,12 +222,12 @@ impl Forwarder {
         let status = match self.bind(key, target).await {
             Ok(open) => {
                 self.open.insert(key, open);
-                log::info!("ports: forwarding {host}:{port}/{proto}");
+                tracing::info!("ports: forwarding {host}:{port}/{proto}");
                 "forwarded".to_string()
             }
             Err(why) => {
                 self.refused.insert(key);
-                log::warn!("ports: {proto} port {port}: {why}");
+                tracing::warn!("ports: {proto} port {port}: {why}");
                 format!("not forwarded: {why}")
             }
         };
@@ -298,7 +298,7 @@ impl Forwarder {
             .await
             .ports
             .retain(|p| !(p.port == port && p.proto == proto && p.address == host));
-        log::info!("ports: stopped forwarding {host}:{port}/{proto}");
+        tracing::info!("ports: stopped forwarding {host}:{port}/{proto}");
     }
 
     /// Opens ports that were over the limit while there is room.
@@ -363,7 +363,7 @@ async fn accept_loop(listener: TcpListener, uds: PathBuf, port: u16, target: Tar
         let addr = current_target(&target);
         tokio::spawn(async move {
             if let Err(e) = forward(client, &uds, port, addr).await {
-                log::info!("ports: connection to guest port {port}: {e}");
+                tracing::info!("ports: connection to guest port {port}: {e}");
             }
         });
     }

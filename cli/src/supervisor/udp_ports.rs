@@ -47,7 +47,7 @@ pub async fn relay(sock: UdpSocket, uds: PathBuf, port: u16, target: Target) {
                     std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
                 ) =>
             {
-                log::debug!("ports: udp {port}: {e}");
+                tracing::debug!("ports: udp {port}: {e}");
                 continue;
             }
             // Anything else (ENOMEM, ...) may repeat at once: back off instead of spinning.
@@ -75,7 +75,7 @@ pub async fn relay(sock: UdpSocket, uds: PathBuf, port: u16, target: Target) {
         }
         if flows.len() >= MAX_FLOWS {
             if !warned_full {
-                log::warn!("ports: udp {port}: {MAX_FLOWS} flows open, dropping new clients");
+                tracing::warn!("ports: udp {port}: {MAX_FLOWS} flows open, dropping new clients");
                 warned_full = true;
             }
             continue;
@@ -101,7 +101,7 @@ fn start_flow(
     let (sock, uds) = (sock.clone(), uds.to_path_buf());
     tokio::spawn(async move {
         if let Err(e) = flow(sock, &uds, (port, addr), peer, rx).await {
-            log::info!("ports: udp {port} flow from {peer}: {e}");
+            tracing::info!("ports: udp {port} flow from {peer}: {e}");
         }
     });
 }

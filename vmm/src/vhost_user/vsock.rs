@@ -209,14 +209,14 @@ pub fn serve(
             h.register_listener(backend.epoll_fd, EventSet::IN, u64::from(BACKEND_EVENT))
                 .map_err(VhostUserVsockError::Register)?;
         }
-        log::info!(
+        tracing::info!(
             "vhost-user-vsock: waiting for a frontend on {}",
             socket.display()
         );
         daemon
             .serve(socket)
             .map_err(|e| VhostUserVsockError::Serve(socket.to_path_buf(), e))?;
-        log::info!("vhost-user-vsock: frontend disconnected");
+        tracing::info!("vhost-user-vsock: frontend disconnected");
         backend.lock().muxer.reset();
         if once {
             return Ok(());
