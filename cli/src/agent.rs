@@ -10,6 +10,8 @@ use guest_agent::protocol::{
     self, ExecRequest, FrameReader, Health, PortEvent, ProtocolError, Request, Response,
 };
 
+use crate::vsock::{self, VsockError};
+
 /// Errors talking to the agent.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -19,38 +21,12 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
-    #[error("The guest agent is not listening on vsock port {0} (still booting?)")]
-    Refused(u32),
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
     #[error("Guest agent protocol: {0}")]
     Protocol(#[from] ProtocolError),
     #[error("Guest agent answered: {0}")]
     Remote(String),
-}
-
-/// Opens a stream to guest vsock `port` through the hybrid socket `uds`.
-pub fn connect_vsock(uds: &Path, port: u32, timeout: Duration) -> Result<UnixStream, AgentError> {
-    let sock_err = |source| AgentError::Socket {
-        path: uds.display().to_string(),
-        source,
-    };
-    let mut s = UnixStream::connect(uds).map_err(sock_err)?;
-    s.set_read_timeout(Some(timeout)).map_err(sock_err)?;
-    s.write_all(format!("CONNECT {port}\n").as_bytes())
-        .map_err(sock_err)?;
-    let mut reply = Vec::new();
-    let mut b = [0u8; 1];
-    while reply.len() < 64 {
-        match s.read(&mut b) {
-            Ok(1) if b[0] == b'\n' => break,
-            Ok(1) => reply.push(b[0]),
-            _ => return Err(AgentError::Refused(port)),
-        }
-    }
-    if !reply.starts_with(b"OK ") {
-        return Err(AgentError::Refused(port));
-    }
-    s.set_read_timeout(None).map_err(sock_err)?;
-    Ok(s)
 }
 
 /// One control connection.
@@ -62,7 +38,7 @@ pub struct Agent {
 
 impl Agent {
     pub fn connect(uds: &Path, timeout: Duration) -> Result<Self, AgentError> {
-        let s = connect_vsock(uds, protocol::CONTROL_PORT, timeout)?;
+        let s = vsock::connect_blocking(uds, protocol::CONTROL_PORT, timeout)?;
         s.set_read_timeout(Some(timeout))
             .map_err(|source| AgentError::Socket {
                 path: uds.display().to_string(),

@@ -206,7 +206,7 @@ impl FuseMount {
         let first = self.rx.recv().unwrap_or(Ok(Ended::PeerClosed));
         // Unmount while the threads still serve, so nothing the unmount asks waits forever.
         if let Err(e) = self.session.umount() {
-            log::warn!("unmounting {}: {e}", self.session.mountpoint().display());
+            tracing::warn!("unmounting {}: {e}", self.session.mountpoint().display());
         }
         done.store(true, Ordering::SeqCst);
         let _ = stream.shutdown(Shutdown::Both);

@@ -61,14 +61,80 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// Where an instance is in its life: what the supervisor records in `state.json` (`phase`)
+/// and `vmctl status` shows. Stored as the strings of [`Phase::as_str`], so state files
+/// written before this type existed still read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "&'static str")]
+pub enum Phase {
+    /// Nothing recorded (an empty phase, or one this build does not know).
+    #[default]
+    Unknown,
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Failed,
+    /// `vmctl status` only: the state file says otherwise, but no supervisor runs.
+    SupervisorGone,
+    /// `vmctl status` only: there is no instance directory.
+    NotCreated,
+}
+
+impl Phase {
+    const ALL: [Phase; 8] = [
+        Phase::Unknown,
+        Phase::Starting,
+        Phase::Running,
+        Phase::Stopping,
+        Phase::Stopped,
+        Phase::Failed,
+        Phase::SupervisorGone,
+        Phase::NotCreated,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Unknown => "",
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Stopping => "stopping",
+            Phase::Stopped => "stopped",
+            Phase::Failed => "failed",
+            Phase::SupervisorGone => "stopped (supervisor not running)",
+            Phase::NotCreated => "not created",
+        }
+    }
+}
+
+impl From<String> for Phase {
+    fn from(s: String) -> Self {
+        Phase::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .unwrap_or(Phase::Unknown)
+    }
+}
+
+impl From<Phase> for &'static str {
+    fn from(p: Phase) -> Self {
+        p.as_str()
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// What the supervisor records about a running instance.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct State {
     pub supervisor_pid: u32,
     pub engine: String,
     pub engine_reason: String,
-    /// `starting`, `running`, `stopping`, `stopped`, `failed`.
-    pub phase: String,
+    pub phase: Phase,
     pub message: String,
     pub cpus: u32,
     pub memory_mib: u64,
@@ -394,6 +460,24 @@ mod tests {
     }
 
     #[test]
+    fn test_phase_reads_and_writes_the_state_file_strings() {
+        for p in Phase::ALL {
+            let json = serde_json::to_string(&p).unwrap();
+            assert_eq!(json, format!("{:?}", p.as_str()));
+            assert_eq!(serde_json::from_str::<Phase>(&json).unwrap(), p);
+        }
+        let old: State = serde_json::from_str(
+            r#"{"supervisor_pid":7,"engine":"qemu","engine_reason":"","phase":"running","message":"","cpus":1,"memory_mib":512,"ports":[],"started_at_unix":0}"#,
+        )
+        .unwrap();
+        assert_eq!(old.phase, Phase::Running);
+        assert_eq!(
+            serde_json::from_str::<Phase>(r#""hibernating""#).unwrap(),
+            Phase::Unknown
+        );
+    }
+
+    #[test]
     fn test_state_roundtrip_and_stale_cleanup() {
         let dir = tempfile::tempdir().unwrap();
         let inst = Instance {
@@ -403,7 +487,7 @@ mod tests {
         inst.create_dirs().unwrap();
         assert_eq!(inst.read_state().unwrap(), None);
         let s = State {
-            phase: "running".into(),
+            phase: Phase::Running,
             cpus: 2,
             ..Default::default()
         };

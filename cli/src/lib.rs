@@ -7,6 +7,7 @@
 //!   forwarded Docker socket, port forwards and the control API.
 //! - [`logview`]: logs capped and rotated while running, followed, shown terminal-safe.
 //! - [`agent`]: the host side of the guest agent's control protocol.
+//! - [`vsock`]: the hybrid-vsock `CONNECT` handshake into the guest, blocking and async.
 //! - `fuse_mount` (Linux): the host side of `vmctl mount`, a FUSE mount served over a stream.
 
 #[cfg(unix)]
@@ -24,3 +25,5 @@ pub mod logview;
 pub mod supervisor;
 #[cfg(unix)]
 pub mod terminal;
+#[cfg(unix)]
+pub mod vsock;

@@ -58,9 +58,9 @@ pub fn rotate_dir(dir: &Path, max: u64) {
         let p = e.path();
         if p.extension().is_some_and(|x| x == "log") {
             match rotate_in_place(&p, max) {
-                Ok(true) => log::info!("rotated {} (over {max} bytes)", p.display()),
+                Ok(true) => tracing::info!("rotated {} (over {max} bytes)", p.display()),
                 Ok(false) => {}
-                Err(e) => log::warn!("cannot rotate {}: {e}", p.display()),
+                Err(e) => tracing::warn!("cannot rotate {}: {e}", p.display()),
             }
         }
     }

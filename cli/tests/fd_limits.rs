@@ -57,7 +57,7 @@ fn test_control_accept_backs_off_on_emfile_and_recovers() {
         docker_proxy::bind(&sock).unwrap()
     };
     let state = Arc::new(tokio::sync::Mutex::new(State {
-        phase: "running".into(),
+        phase: vmctl::instance::Phase::Running,
         ..Default::default()
     }));
     let (stop, _rx) = tokio::sync::watch::channel(None);

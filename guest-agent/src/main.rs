@@ -11,6 +11,7 @@
 mod agent;
 
 fn main() {
+    agent::log::init();
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
     if pid == 1 {

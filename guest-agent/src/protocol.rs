@@ -250,6 +250,32 @@ pub enum Response {
     Port(PortEvent),
 }
 
+impl Request {
+    /// The first message on every connection: this build's [`PROTOCOL_VERSION`].
+    pub fn hello() -> Self {
+        Request::Hello {
+            version: PROTOCOL_VERSION,
+        }
+    }
+}
+
+/// Host side: checks the agent's answer to [`Request::hello`] and returns the agent's
+/// self-description. Every host client (blocking [`handshake`], the supervisor's async
+/// streams) checks the version here.
+pub fn check_hello(reply: Response) -> Result<String, ProtocolError> {
+    match reply {
+        Response::Hello { version, agent } if version == PROTOCOL_VERSION => Ok(agent),
+        Response::Hello { version, .. } => Err(ProtocolError::Version(version)),
+        Response::Error { message } => Err(ProtocolError::Unexpected(message)),
+        other => Err(ProtocolError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+/// Decodes one frame (a line, with or without its `\n`) read by a caller's own reader.
+pub fn decode<T: for<'de> Deserialize<'de>>(frame: &[u8]) -> Result<T, ProtocolError> {
+    serde_json::from_slice(frame).map_err(ProtocolError::Malformed)
+}
+
 /// Serialize one message as a frame (JSON + `\n`).
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtocolError> {
     let mut v = serde_json::to_vec(msg).map_err(ProtocolError::Malformed)?;
@@ -307,9 +333,7 @@ impl<R: Read> FrameReader<R> {
                 break;
             }
         }
-        serde_json::from_slice(&self.line)
-            .map(Some)
-            .map_err(ProtocolError::Malformed)
+        decode(&self.line).map(Some)
     }
 
     /// Like [`FrameReader::read`], with end of stream as [`ProtocolError::Closed`].
@@ -328,18 +352,8 @@ pub fn handshake<R: Read, W: Write>(
     reader: &mut FrameReader<R>,
     writer: &mut W,
 ) -> Result<String, ProtocolError> {
-    write_frame(
-        writer,
-        &Request::Hello {
-            version: PROTOCOL_VERSION,
-        },
-    )?;
-    match reader.expect::<Response>()? {
-        Response::Hello { version, agent } if version == PROTOCOL_VERSION => Ok(agent),
-        Response::Hello { version, .. } => Err(ProtocolError::Version(version)),
-        Response::Error { message } => Err(ProtocolError::Unexpected(message)),
-        other => Err(ProtocolError::Unexpected(format!("{other:?}"))),
-    }
+    write_frame(writer, &Request::hello())?;
+    check_hello(reader.expect::<Response>()?)
 }
 
 #[cfg(test)]

@@ -63,12 +63,15 @@ impl Guest {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        cfg.cmdline_extra = vec![
-            format!("vmctl.docker_tcp={GUEST_DOCKER_PORT}"),
-            format!("vmctl.control_tcp={GUEST_CONTROL_PORT}"),
-            format!("vmctl.time={now}"),
-            format!("vmctl.hostname={name}"),
-        ];
+        cfg.cmdline_extra = guest_agent::cmdline::Config {
+            docker_tcp: Some(GUEST_DOCKER_PORT),
+            control_tcp: Some(GUEST_CONTROL_PORT),
+            time: i64::try_from(now).ok(),
+            hostname: name.to_string(),
+            ..Default::default()
+        }
+        .to_words()
+        .expect("test guest settings fit the kernel command line");
         let vm = QemuVm::start(&cfg, None).expect("start qemu");
         eprintln!("[{name}] qemu pid {}: {}", vm.pid(), vm.accel().reason);
         Guest {

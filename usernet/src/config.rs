@@ -9,8 +9,8 @@ use std::time::Duration;
 pub enum ConfigError {
     #[error("Invalid port forward {spec:?}: expected PROTO:[HOSTADDR:]HOSTPORT:GUESTPORT with PROTO tcp or udp")]
     BadForward { spec: String },
-    #[error("Invalid MAC address {0:?}")]
-    BadMac(String),
+    #[error("MAC address {mac:?} {why}")]
+    BadMac { mac: String, why: &'static str },
     #[error("Address {addr} is not inside the guest network {network}/{prefix}")]
     OutsideNetwork {
         addr: Ipv4Addr,
@@ -70,19 +70,28 @@ impl PortForward {
     }
 }
 
-/// Parses `aa:bb:cc:dd:ee:ff`.
+/// Parses a unicast MAC address written as six hex pairs, `52:54:00:12:34:56`: the one
+/// parser for usernet's own options and the VMM's `--net ...,mac=`.
 pub fn parse_mac(s: &str) -> Result<[u8; 6], ConfigError> {
+    let bad = |why: &'static str| ConfigError::BadMac {
+        mac: s.to_string(),
+        why,
+    };
     let mut mac = [0u8; 6];
-    let mut n = 0;
-    for (i, part) in s.split(':').enumerate() {
-        let slot = mac
-            .get_mut(i)
-            .ok_or_else(|| ConfigError::BadMac(s.to_string()))?;
-        *slot = u8::from_str_radix(part, 16).map_err(|_| ConfigError::BadMac(s.to_string()))?;
-        n += 1;
+    let mut parts = s.split(':');
+    for b in mac.iter_mut() {
+        let p = parts
+            .next()
+            .filter(|p| p.len() == 2)
+            .ok_or(bad("is not six hex pairs (52:54:00:12:34:56)"))?;
+        *b = u8::from_str_radix(p, 16)
+            .map_err(|_| bad("is not six hex pairs (52:54:00:12:34:56)"))?;
     }
-    if n != 6 {
-        return Err(ConfigError::BadMac(s.to_string()));
+    if parts.next().is_some() {
+        return Err(bad("has more than six parts"));
+    }
+    if mac[0] & 1 != 0 {
+        return Err(bad("is a multicast address"));
     }
     Ok(mac)
 }
@@ -357,5 +366,7 @@ mod tests {
         assert_eq!(parse_mac("52:55:0a:00:02:02").expect("mac"), c.gateway_mac);
         assert!(parse_mac("52:55").is_err());
         assert!(parse_mac("52:55:0a:00:02:02:01").is_err());
+        assert!(parse_mac("5:55:0a:00:02:02").is_err());
+        assert!(parse_mac("53:55:0a:00:02:02").is_err(), "multicast");
     }
 }

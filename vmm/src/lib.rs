@@ -12,7 +12,10 @@ pub mod arch;
 pub mod builtin;
 pub mod devices;
 pub mod engine;
-#[cfg(target_os = "linux")]
+pub mod logging;
+// Fuzz entry points: for this crate's tests (fuzz smoke) and for `vmm/fuzz` (cargo-fuzz
+// builds with `--cfg fuzzing`); not part of the API otherwise.
+#[cfg(all(target_os = "linux", any(test, fuzzing)))]
 pub mod fuzzing;
 #[cfg(unix)]
 /// Owner-only host sockets and the peer check.

@@ -111,11 +111,7 @@ mod cli {
     }
 
     pub fn main() -> i32 {
-        env_logger::Builder::from_env(
-            env_logger::Env::default().default_filter_or("warn,virtio_queue=off"),
-        )
-        .format_timestamp_millis()
-        .init();
+        vmm::logging::init("warn,virtio_queue=off");
         let args = Args::parse();
         let cfg = VmConfig {
             kernel: args.kernel,
@@ -144,7 +140,7 @@ mod cli {
         }
         match builtin::run(&cfg) {
             Ok(how) => {
-                log::info!("guest {how:?}");
+                tracing::info!("guest {how:?}");
                 report(exit_report, &builtin::ExitReport::Guest { how });
                 0
             }

@@ -47,9 +47,9 @@ macro_rules! warn_ratelimited {
         static LIMIT: $crate::ratelimit::RateLimit = $crate::ratelimit::RateLimit::new(10);
         if let Some(dropped) = LIMIT.check() {
             if dropped > 0 {
-                log::warn!("({} similar messages suppressed)", dropped);
+                tracing::warn!("({} similar messages suppressed)", dropped);
             }
-            log::warn!($($arg)*);
+            tracing::warn!($($arg)*);
         }
     }};
 }

@@ -6,7 +6,7 @@ use clap::Subcommand;
 use vmctl::config::{self, ConfigFile, Key, Setting};
 use vmctl::instance::Instance;
 
-use super::vm::NameArg;
+use super::args::NameArg;
 
 /// Instance configuration. Keys: engine (auto|builtin|qemu), cpus (1-32), memory (e.g. 4GiB),
 /// disk_size (e.g. 64GiB), share_home (true|false), mounts (HOSTDIR[:GUESTDIR][:ro],...),

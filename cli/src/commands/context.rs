@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use vmctl::instance::Instance;
 
-use super::vm::NameArg;
+use super::args::NameArg;
 
 #[derive(Debug, Args)]
 pub struct ContextArgs {

@@ -11,7 +11,7 @@ use vmctl::agent::Agent;
 use vmctl::instance::Instance;
 use vmctl::terminal;
 
-use super::vm::NameArg;
+use super::args::NameArg;
 
 pub fn exec_in_guest(inst: &Instance, argv: Vec<String>, tty: bool) -> anyhow::Result<i32> {
     if inst.running_supervisor().is_none() {

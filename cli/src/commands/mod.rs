@@ -1,5 +1,6 @@
 //! The command tree. One module per top-level command.
 
+mod args;
 mod config;
 mod context;
 mod exec;
@@ -15,7 +16,7 @@ use clap::{Parser, Subcommand};
 #[command(name = "vmctl", version, about)]
 pub struct Cli {
     #[command(flatten)]
-    name: vm::NameArg,
+    name: args::NameArg,
     #[command(subcommand)]
     command: Command,
 }

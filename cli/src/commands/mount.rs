@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::vm::NameArg;
+use super::args::NameArg;
 
 #[derive(Debug, Args)]
 pub struct MountArgs {
@@ -39,9 +39,9 @@ mod linux {
 
     use anyhow::{bail, Context};
     use guest_agent::protocol::{self, FrameReader, Request, Response, CONTROL_PORT};
-    use vmctl::agent::connect_vsock;
     use vmctl::fuse_mount::{self, Ended, FuseMount, Stopper};
     use vmctl::instance::Instance;
+    use vmctl::vsock;
 
     use super::{MountArgs, NameArg};
 
@@ -80,7 +80,7 @@ mod linux {
     /// A control connection on which the agent serves `path` as raw FUSE messages.
     fn serve_fs(inst: &Instance, path: &str, read_only: bool) -> anyhow::Result<UnixStream> {
         let timeout = Duration::from_secs(10);
-        let s = connect_vsock(&inst.vsock_sock(), CONTROL_PORT, timeout)?;
+        let s = vsock::connect_blocking(&inst.vsock_sock(), CONTROL_PORT, timeout)?;
         s.set_read_timeout(Some(timeout))?;
         let mut w = s.try_clone()?;
         let mut reader = FrameReader::new(s);

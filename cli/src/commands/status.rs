@@ -7,9 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::Args;
 use serde::Serialize;
 use vmctl::config::{self, format_size_mib, Config, ConfigFile};
-use vmctl::instance::{self, Instance, State};
+use vmctl::instance::{self, Instance, Phase, State};
 
-use super::vm::NameArg;
+use super::args::NameArg;
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -86,16 +86,13 @@ fn report(inst: &Instance) -> anyhow::Result<Report> {
     let supervisor = inst.running_supervisor();
     let running = supervisor.is_some();
     let mut state = inst.read_state()?.unwrap_or_default();
-    if !running && state.phase != "stopped" && !state.phase.is_empty() {
-        state.phase = "stopped (supervisor not running)".into();
-    }
-    if state.phase.is_empty() {
-        state.phase = if inst.exists() {
-            "stopped".into()
-        } else {
-            "not created".into()
-        };
-    }
+    state.phase = match state.phase {
+        Phase::Unknown if inst.exists() => Phase::Stopped,
+        Phase::Unknown => Phase::NotCreated,
+        Phase::Stopped => Phase::Stopped,
+        _ if !running => Phase::SupervisorGone,
+        p => p,
+    };
     // The running VM's configuration is the run's; a stopped one's is the next start's.
     let cfg_file = if running {
         config::run_path(&inst.dir)
@@ -153,7 +150,7 @@ fn report(inst: &Instance) -> anyhow::Result<Report> {
         uptime_s: (running && state.started_at_unix > 0)
             .then(|| now_unix().saturating_sub(state.started_at_unix)),
         // Both engines give the guest usernet's default address by DHCP.
-        ip: (running && state.phase == "running")
+        ip: (running && state.phase == Phase::Running)
             .then(|| usernet::Config::default().guest_ip.to_string()),
         config_error,
         state,

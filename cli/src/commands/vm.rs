@@ -8,15 +8,10 @@ use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use vmctl::config::{self, ConfigFile, EngineChoice, Key, Setting};
 use vmctl::image::{kernel, rootfs};
-use vmctl::instance::{self, Instance};
+use vmctl::instance::{self, Instance, Phase};
 use vmctl::supervisor::{self, control, Assets};
 
-#[derive(Debug, Args)]
-pub struct NameArg {
-    /// Instance name.
-    #[arg(long, default_value = "default", global = true)]
-    pub name: String,
-}
+use super::args::NameArg;
 
 #[derive(Debug, Args)]
 pub struct StartArgs {
@@ -211,14 +206,14 @@ pub fn start(name: &NameArg, a: StartArgs) -> anyhow::Result<()> {
                 eprintln!("      {}", s.message);
                 last = s.message.clone();
             }
-            if s.supervisor_pid == pid && s.phase == "failed" {
+            if s.supervisor_pid == pid && s.phase == Phase::Failed {
                 bail!(
                     "{}\n(supervisor log: {})",
                     s.message,
                     supervisor::log_path(&inst).display()
                 );
             }
-            if s.supervisor_pid == pid && s.phase == "running" && ping(&inst.docker_sock()) {
+            if s.supervisor_pid == pid && s.phase == Phase::Running && ping(&inst.docker_sock()) {
                 break;
             }
         }
@@ -456,9 +451,7 @@ pub struct SuperviseArgs {
 }
 
 pub fn supervise(name: &NameArg, a: SuperviseArgs) -> anyhow::Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
+    vmm::logging::init("info");
     let inst = Instance::new(&name.name)?;
     supervisor::supervise(
         &inst,

@@ -81,7 +81,7 @@ pub async fn follow_host(vsock: PathBuf) {
             continue;
         }
         if jumped {
-            log::info!("host clock stepped or the host resumed; setting the guest clock");
+            tracing::info!("host clock stepped or the host resumed; setting the guest clock");
         }
         let sock = vsock.clone();
         let pushed = tokio::task::spawn_blocking(move || {
@@ -91,8 +91,8 @@ pub async fn follow_host(vsock: PathBuf) {
         match pushed {
             Ok(Ok(())) => since_push = Duration::ZERO,
             // The guest may be rebooting; try again at the next tick.
-            Ok(Err(e)) => log::debug!("clock sync: {e}"),
-            Err(e) => log::debug!("clock sync task: {e}"),
+            Ok(Err(e)) => tracing::debug!("clock sync: {e}"),
+            Err(e) => tracing::debug!("clock sync task: {e}"),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::net::{UnixListener, UnixStream};
 
-use super::vsock;
+use crate::vsock;
 
 /// Errors serving the socket.
 #[derive(Debug, thiserror::Error)]
@@ -39,11 +39,11 @@ pub fn peer_allowed(client: &UnixStream, what: &str) -> bool {
     match client.peer_cred() {
         Ok(c) if vmm::hostsock::uid_allowed(c.uid()) => true,
         Ok(c) => {
-            log::warn!("{what}: refused a client of uid {}", c.uid());
+            tracing::warn!("{what}: refused a client of uid {}", c.uid());
             false
         }
         Err(e) => {
-            log::warn!("{what}: refused a client whose uid is unknown: {e}");
+            tracing::warn!("{what}: refused a client whose uid is unknown: {e}");
             false
         }
     }
@@ -70,7 +70,7 @@ pub async fn serve(listener: UnixListener, vsock_uds: PathBuf, guest_port: u32) 
         let uds = vsock_uds.clone();
         tokio::spawn(async move {
             if let Err(e) = bridge(client, &uds, guest_port).await {
-                log::info!("docker.sock: {e}");
+                tracing::info!("docker.sock: {e}");
             }
         });
     }

@@ -22,8 +22,8 @@ pub fn events_sock(inst: &Instance, tag: &str) -> PathBuf {
 pub async fn relay(inst_vsock: PathBuf, events: PathBuf, share: Share) {
     loop {
         match relay_once(&inst_vsock, &events, &share).await {
-            Ok(()) => log::debug!("host events for {}: relay ended", share.tag),
-            Err(e) => log::debug!("host events for {}: {e}", share.tag),
+            Ok(()) => tracing::debug!("host events for {}: relay ended", share.tag),
+            Err(e) => tracing::debug!("host events for {}: {e}", share.tag),
         }
         // fs-share not up yet, the guest rebooting, or the agent gone: try again shortly.
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -35,8 +35,10 @@ async fn relay_once(vsock: &Path, events: &Path, share: &Share) -> Result<(), St
         .await
         .map_err(|e| format!("events socket {}: {e}", events.display()))?;
     let path = share.guest.display().to_string();
-    let mut guest = super::ports::open_stream(vsock, &Request::ReplayEvents { path }).await?;
-    log::info!(
+    let mut guest = super::guest_stream::open_stream(vsock, &Request::ReplayEvents { path })
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(
         "host events for {} relayed to the guest at {}",
         share.tag,
         share.guest.display()

@@ -72,7 +72,7 @@ impl AcceptBackoff {
                 }
                 _ => "",
             };
-            log::warn!(
+            tracing::warn!(
                 "{}: accept failed: {e}{hint}; {} failures so far, retrying in {} ms",
                 self.what,
                 self.failures,

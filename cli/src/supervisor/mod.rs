@@ -7,12 +7,12 @@ pub mod clock;
 pub mod control;
 pub mod docker_proxy;
 pub mod engine;
+mod guest_stream;
 pub mod host_events;
 pub mod limits;
 pub mod ports;
 pub mod reboots;
 pub mod udp_ports;
-pub mod vsock;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use tokio::sync::{watch, Mutex};
 
 use crate::agent::Agent;
 use crate::config::{Config, ConfigFile};
-use crate::instance::{Instance, State};
+use crate::instance::{Instance, Phase, State};
 pub use engine::GUEST_CID;
 use engine::{Engine, EngineExit, EngineKind, GuestSpec, Share};
 /// How long the guest may take to reach Docker-ready (TCG on a busy 2-core host is slow).
@@ -118,7 +118,7 @@ fn start_vm(
     state: &Arc<Mutex<State>>,
 ) -> anyhow::Result<Box<dyn Engine>> {
     let set = |msg: &str| {
-        log::info!("{msg}");
+        tracing::info!("{msg}");
         state.blocking_lock().message = msg.to_string();
     };
     set("preparing the data disk");
@@ -126,12 +126,12 @@ fn start_vm(
     let had = std::fs::metadata(inst.data_disk()).map(|m| m.len()).ok();
     vmm::engine::qemu::ensure_data_disk(&inst.data_disk(), want)?;
     match had {
-        Some(had) if had < want => log::info!(
+        Some(had) if had < want => tracing::info!(
             "data disk grown from {} to {} MiB; the guest grows its filesystem when it mounts it",
             had >> 20,
             want >> 20
         ),
-        Some(had) if had > want => log::warn!(
+        Some(had) if had > want => tracing::warn!(
             "disk_size is {} MiB but the data disk already has {} MiB; it is never shrunk",
             want >> 20,
             had >> 20
@@ -201,7 +201,7 @@ fn stop_vm(inst: &Instance, vm: &mut Box<dyn Engine>, force: bool) {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        log::warn!(
+        tracing::warn!(
             "the guest did not power off within {} s; stopping it hard",
             STOP_TIMEOUT.as_secs()
         );
@@ -216,8 +216,8 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
     // Forwarded ports and connections each hold descriptors; the soft limit (often 1024)
     // would be reached long before the hard one.
     match limits::raise_nofile() {
-        Ok((soft, hard)) => log::info!("file descriptor limit {soft} (hard {hard})"),
-        Err(e) => log::warn!("cannot raise the file descriptor limit: {e}"),
+        Ok((soft, hard)) => tracing::info!("file descriptor limit {soft} (hard {hard})"),
+        Err(e) => tracing::warn!("cannot raise the file descriptor limit: {e}"),
     }
     // The effective configuration `vmctl start` checked for this run (file plus flags).
     let cfg = ConfigFile::load(&crate::config::run_path(&inst.dir))?.resolve()?;
@@ -226,7 +226,7 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
         supervisor_pid: std::process::id(),
         engine: kind.as_str().into(),
         engine_reason: reason,
-        phase: "starting".into(),
+        phase: Phase::Starting,
         message: "starting".into(),
         cpus: cfg.cpus,
         memory_mib: cfg.memory_mib,
@@ -291,7 +291,7 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
 
     let fail = |state: &Arc<Mutex<State>>, e: &anyhow::Error| {
         let mut s = state.blocking_lock();
-        s.phase = "failed".into();
+        s.phase = Phase::Failed;
         s.message = format!("{e:#}");
     };
     let mut running = match start_vm(kind, inst, &cfg, &assets, &state) {
@@ -340,10 +340,10 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
     };
     {
         let mut s = state.blocking_lock();
-        s.phase = "running".into();
+        s.phase = Phase::Running;
         s.message = "Docker is ready".into();
     }
-    log::info!("running; Docker socket at {}", inst.docker_sock().display());
+    tracing::info!("running; Docker socket at {}", inst.docker_sock().display());
 
     // Wait for a stop request or the VM's own end; a guest reboot restarts the VM while the
     // sockets stay served, and so does a guest kernel panic, a few times, keeping the
@@ -356,37 +356,37 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
             match &exit {
                 EngineExit::Reset => {
                     if let Err(msg) = reboots.record(Instant::now()) {
-                        log::error!("{msg}");
+                        tracing::error!("{msg}");
                         loop_error = Some(msg);
                         break None;
                     }
-                    log::info!("the guest rebooted; starting it again");
+                    tracing::info!("the guest rebooted; starting it again");
                 }
                 EngineExit::Panic => {
                     crash_restarts += 1;
-                    log::error!(
+                    tracing::error!(
                         "the guest kernel panicked (see {}); restarting the VM ({crash_restarts} of {MAX_CRASH_RESTARTS})",
                         inst.log("console").display()
                     );
                     let _ = std::fs::copy(inst.log("console"), inst.log("console-crash"));
                     if crash_restarts > MAX_CRASH_RESTARTS {
-                        log::error!("giving up after {MAX_CRASH_RESTARTS} guest crashes");
+                        tracing::error!("giving up after {MAX_CRASH_RESTARTS} guest crashes");
                         break None;
                     }
                 }
                 EngineExit::PowerOff => {
-                    log::warn!("the VM ended on its own ({exit:?})");
+                    tracing::warn!("the VM ended on its own ({exit:?})");
                     break None;
                 }
                 EngineExit::Failed(why) => {
-                    log::error!("the VM failed: {why}");
+                    tracing::error!("the VM failed: {why}");
                     loop_error = Some(format!("the VM failed: {why}"));
                     break None;
                 }
             }
             {
                 let mut s = state.blocking_lock();
-                s.phase = "starting".into();
+                s.phase = Phase::Starting;
                 s.message = "guest rebooted; starting it again".into();
             }
             drop(running);
@@ -398,7 +398,7 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
                 Ok(r) => {
                     running = r;
                     let mut s = state.blocking_lock();
-                    s.phase = "running".into();
+                    s.phase = Phase::Running;
                     s.message = "Docker is ready".into();
                     continue;
                 }
@@ -423,7 +423,7 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
     };
     {
         let mut s = state.blocking_lock();
-        s.phase = "stopping".into();
+        s.phase = Phase::Stopping;
         s.message = "stopping".into();
     }
     for t in tasks {
@@ -437,11 +437,11 @@ pub fn supervise(inst: &Instance, assets: Assets) -> anyhow::Result<()> {
         let mut s = state.blocking_lock();
         match &loop_error {
             Some(msg) => {
-                s.phase = "failed".into();
+                s.phase = Phase::Failed;
                 s.message = msg.clone();
             }
             None => {
-                s.phase = "stopped".into();
+                s.phase = Phase::Stopped;
                 s.message = "stopped".into();
             }
         }

@@ -24,14 +24,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use guest_agent::protocol::{self, PortEvent, Request, Response};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UnixStream};
+use guest_agent::protocol::{PortEvent, Request};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Mutex};
 use tokio::task::JoinHandle;
 
+use super::guest_stream::{current_target, open_stream, Target};
 use super::limits::{self, AcceptBackoff};
-use super::{udp_ports, vsock};
+use super::udp_ports;
 use crate::agent::Agent;
 use crate::instance::{PortState, State};
 
@@ -91,7 +91,7 @@ pub async fn run(vsock_uds: PathBuf, state: Arc<Mutex<State>>, policy: Policy) {
                 match Agent::connect(&uds, Duration::from_secs(5)).and_then(|a| a.watch_ports()) {
                     Ok(w) => w,
                     Err(e) => {
-                        log::debug!("ports: cannot watch: {e}");
+                        tracing::debug!("ports: cannot watch: {e}");
                         return;
                     }
                 };
@@ -171,7 +171,7 @@ impl Forwarder {
 
     async fn event(&mut self, ev: &PortEvent) {
         let Some(guest) = parse_guest_addr(&ev.addr) else {
-            log::debug!("ports: ignoring a listener on {:?}", ev.addr);
+            tracing::debug!("ports: ignoring a listener on {:?}", ev.addr);
             return;
         };
         let key = Key {
@@ -210,7 +210,7 @@ impl Forwarder {
     async fn open(&mut self, key: Key, target: Option<IpAddr>) {
         if self.tracked() >= self.policy.max_ports {
             if self.over_limit.insert(key) && self.over_limit.len() == 1 {
-                log::warn!(
+                tracing::warn!(
                     "ports: limit of {} forwarded ports reached; further guest ports are not forwarded",
                     self.policy.max_ports
                 );
@@ -222,12 +222,12 @@ impl Forwarder {
         let status = match self.bind(key, target).await {
             Ok(open) => {
                 self.open.insert(key, open);
-                log::info!("ports: forwarding {host}:{port}/{proto}");
+                tracing::info!("ports: forwarding {host}:{port}/{proto}");
                 "forwarded".to_string()
             }
             Err(why) => {
                 self.refused.insert(key);
-                log::warn!("ports: {proto} port {port}: {why}");
+                tracing::warn!("ports: {proto} port {port}: {why}");
                 format!("not forwarded: {why}")
             }
         };
@@ -298,7 +298,7 @@ impl Forwarder {
             .await
             .ports
             .retain(|p| !(p.port == port && p.proto == proto && p.address == host));
-        log::info!("ports: stopped forwarding {host}:{port}/{proto}");
+        tracing::info!("ports: stopped forwarding {host}:{port}/{proto}");
     }
 
     /// Opens ports that were over the limit while there is room.
@@ -345,13 +345,6 @@ impl Forwarder {
     }
 }
 
-pub(super) type Target = Arc<std::sync::Mutex<Option<IpAddr>>>;
-
-/// The guest address connections should go to now (`None`: the agent's loopback).
-pub(super) fn current_target(target: &Target) -> Option<String> {
-    target.lock().ok().and_then(|t| *t).map(|ip| ip.to_string())
-}
-
 async fn accept_loop(listener: TcpListener, uds: PathBuf, port: u16, target: Target) {
     let mut backoff = AcceptBackoff::new("forwarded port");
     loop {
@@ -370,55 +363,9 @@ async fn accept_loop(listener: TcpListener, uds: PathBuf, port: u16, target: Tar
         let addr = current_target(&target);
         tokio::spawn(async move {
             if let Err(e) = forward(client, &uds, port, addr).await {
-                log::info!("ports: connection to guest port {port}: {e}");
+                tracing::info!("ports: connection to guest port {port}: {e}");
             }
         });
-    }
-}
-
-async fn read_line(s: &mut UnixStream) -> Result<Vec<u8>, String> {
-    let mut line = Vec::new();
-    loop {
-        let mut b = [0u8; 1];
-        match s.read(&mut b).await {
-            Ok(1) if b[0] == b'\n' => return Ok(line),
-            Ok(1) => line.push(b[0]),
-            _ => return Err("agent closed the connection".into()),
-        }
-        if line.len() > 4096 {
-            return Err("agent reply too long".into());
-        }
-    }
-}
-
-async fn call(s: &mut UnixStream, req: &Request) -> Result<Response, String> {
-    let frame = protocol::encode(req).map_err(|e| e.to_string())?;
-    s.write_all(&frame).await.map_err(|e| e.to_string())?;
-    let line = read_line(s).await?;
-    serde_json::from_slice(&line).map_err(|e| e.to_string())
-}
-
-/// Opens a control connection and turns it into a byte stream with `req` (`Forward` or
-/// `ForwardUdp`).
-pub(super) async fn open_stream(uds: &Path, req: &Request) -> Result<UnixStream, String> {
-    let mut guest = vsock::connect(uds, protocol::CONTROL_PORT)
-        .await
-        .map_err(|e| e.to_string())?;
-    match call(
-        &mut guest,
-        &Request::Hello {
-            version: protocol::PROTOCOL_VERSION,
-        },
-    )
-    .await?
-    {
-        Response::Hello { .. } => {}
-        other => return Err(format!("unexpected {other:?}")),
-    }
-    match call(&mut guest, req).await? {
-        Response::Ok => Ok(guest),
-        Response::Error { message } => Err(message),
-        other => Err(format!("unexpected {other:?}")),
     }
 }
 
@@ -428,7 +375,9 @@ async fn forward(
     port: u16,
     addr: Option<String>,
 ) -> Result<(), String> {
-    let mut guest = open_stream(uds, &Request::Forward { port, addr }).await?;
+    let mut guest = open_stream(uds, &Request::Forward { port, addr })
+        .await
+        .map_err(|e| e.to_string())?;
     tokio::io::copy_bidirectional(&mut client, &mut guest)
         .await
         .map(|_| ())

@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use super::ports::open_stream;
+use super::guest_stream::{current_target, open_stream, Target};
 
 /// A flow with no datagram in either direction for this long is closed.
 pub const IDLE: Duration = Duration::from_secs(90);
@@ -28,7 +28,7 @@ pub const MAX_FLOWS: usize = 1024;
 const QUEUE: usize = 256;
 
 /// Relays datagrams between `sock` (host 127.0.0.1:<port>) and guest port `port`.
-pub async fn relay(sock: UdpSocket, uds: PathBuf, port: u16, target: super::ports::Target) {
+pub async fn relay(sock: UdpSocket, uds: PathBuf, port: u16, target: Target) {
     let sock = Arc::new(sock);
     let mut flows: HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = HashMap::new();
     let mut buf = vec![0u8; MAX_DATAGRAM];
@@ -47,7 +47,7 @@ pub async fn relay(sock: UdpSocket, uds: PathBuf, port: u16, target: super::port
                     std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
                 ) =>
             {
-                log::debug!("ports: udp {port}: {e}");
+                tracing::debug!("ports: udp {port}: {e}");
                 continue;
             }
             // Anything else (ENOMEM, ...) may repeat at once: back off instead of spinning.
@@ -64,7 +64,7 @@ pub async fn relay(sock: UdpSocket, uds: PathBuf, port: u16, target: super::port
                 Err(mpsc::error::TrySendError::Full(_)) => continue,
                 Err(mpsc::error::TrySendError::Closed(d)) => {
                     flows.remove(&from);
-                    let addr = super::ports::current_target(&target);
+                    let addr = current_target(&target);
                     start_flow(&mut flows, &sock, &uds, (port, addr), from, d);
                     continue;
                 }
@@ -75,13 +75,13 @@ pub async fn relay(sock: UdpSocket, uds: PathBuf, port: u16, target: super::port
         }
         if flows.len() >= MAX_FLOWS {
             if !warned_full {
-                log::warn!("ports: udp {port}: {MAX_FLOWS} flows open, dropping new clients");
+                tracing::warn!("ports: udp {port}: {MAX_FLOWS} flows open, dropping new clients");
                 warned_full = true;
             }
             continue;
         }
         warned_full = false;
-        let addr = super::ports::current_target(&target);
+        let addr = current_target(&target);
         start_flow(&mut flows, &sock, &uds, (port, addr), from, datagram);
     }
 }
@@ -101,7 +101,7 @@ fn start_flow(
     let (sock, uds) = (sock.clone(), uds.to_path_buf());
     tokio::spawn(async move {
         if let Err(e) = flow(sock, &uds, (port, addr), peer, rx).await {
-            log::info!("ports: udp {port} flow from {peer}: {e}");
+            tracing::info!("ports: udp {port} flow from {peer}: {e}");
         }
     });
 }
@@ -117,7 +117,9 @@ async fn flow(
     peer: SocketAddr,
     mut rx: mpsc::Receiver<Vec<u8>>,
 ) -> Result<(), String> {
-    let guest = open_stream(uds, &Request::ForwardUdp { port, addr }).await?;
+    let guest = open_stream(uds, &Request::ForwardUdp { port, addr })
+        .await
+        .map_err(|e| e.to_string())?;
     let (mut from_guest, mut to_guest) = guest.into_split();
     let start = Instant::now();
     let last = Arc::new(AtomicU64::new(0));

@@ -4,7 +4,9 @@ use std::sync::atomic::Ordering;
 
 use guest_agent::protocol::DOCKER_PORT;
 
-use super::log::{self, info};
+use tracing::info;
+
+use super::log;
 use super::{bridge, mounts, net, reaper, server, services, shutdown, sys};
 use guest_agent::cmdline::Config;
 

@@ -7,8 +7,8 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use super::log::info;
 use super::vsock::{VsockListener, VsockStream};
+use tracing::info;
 
 /// The guest's Docker API socket.
 pub const DOCKER_SOCK: &str = "/var/run/docker.sock";

@@ -19,7 +19,7 @@ use fs_share::sys::linux::ops::{open_beneath, open_root};
 use guest_agent::protocol::{write_frame, FrameReader, ProtocolError, Response};
 
 use super::bridge::Duplex;
-use super::log::info;
+use tracing::info;
 
 /// Answers `ReplayEvents { path }` and replays event lines until the host closes.
 pub fn replay<S: Duplex>(

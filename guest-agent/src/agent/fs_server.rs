@@ -16,7 +16,7 @@ use fs_share::{PassthroughFs, ShareConfig};
 use guest_agent::protocol::{write_frame, FrameReader, ProtocolError, Response};
 
 use super::bridge::Duplex;
-use super::log::info;
+use tracing::info;
 
 /// Answers `ServeFs { path, read_only }` on `conn` and then serves FUSE on it until the host
 /// closes it (unmount) or sends something that is not a FUSE request.

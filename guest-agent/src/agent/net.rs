@@ -2,8 +2,8 @@
 
 use std::fs;
 
-use super::log::info;
 use super::sys;
+use tracing::info;
 
 /// Turn /proc/net/pnp (written by the kernel's IP autoconfiguration) into resolv.conf
 /// content; `None` when it names no nameserver.

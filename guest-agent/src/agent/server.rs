@@ -12,7 +12,9 @@ use guest_agent::protocol::{
 };
 
 use super::bridge::Duplex;
-use super::log::{self, info};
+use tracing::info;
+
+use super::log;
 use super::vsock::VsockListener;
 use super::{exec, mounts, ports, services, shutdown, sys, udp_relay};
 

@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::bridge::DOCKER_SOCK;
-use super::log::{self, info};
+use tracing::info;
+
+use super::log;
 use super::reaper;
 
 const CONTAINERD_SOCK: &str = "/run/containerd/containerd.sock";

@@ -4,8 +4,8 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::log::info;
 use super::{mounts, services, sys};
+use tracing::info;
 
 fn alive(pid: i32) -> bool {
     pid > 0 && sys::kill(pid, 0).is_ok()

@@ -46,9 +46,7 @@ mod cli {
     }
 
     pub fn main() -> i32 {
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-            .format_timestamp_millis()
-            .init();
+        vmm::logging::init("warn");
         let args = Args::parse();
         // Everything this process creates is owner-only: the vhost-user socket (bound by
         // vhost-user-backend) and the hybrid sockets. It creates no file for anyone else.

@@ -123,32 +123,12 @@ pub struct NetConfig {
 /// The MAC address used when none is given (QEMU's first default).
 pub const DEFAULT_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 
-fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in mac.iter_mut() {
-        let p = parts
-            .next()
-            .filter(|p| p.len() == 2)
-            .ok_or_else(|| format!("MAC address {s:?} is not six hex pairs (52:54:00:12:34:56)"))?;
-        *b = u8::from_str_radix(p, 16)
-            .map_err(|_| format!("MAC address {s:?} is not six hex pairs (52:54:00:12:34:56)"))?;
-    }
-    if parts.next().is_some() {
-        return Err(format!("MAC address {s:?} has more than six parts"));
-    }
-    if mac[0] & 1 != 0 {
-        return Err(format!("MAC address {s:?} is a multicast address"));
-    }
-    Ok(mac)
-}
-
 impl std::str::FromStr for NetConfig {
     type Err = String;
     /// `user`, `stream:PATH`, each optionally followed by `,mac=52:54:00:12:34:56`.
     fn from_str(s: &str) -> Result<Self, String> {
         let (spec, mac) = match s.rsplit_once(",mac=") {
-            Some((p, m)) => (p, parse_mac(m)?),
+            Some((p, m)) => (p, usernet::parse_mac(m).map_err(|e| e.to_string())?),
             None => (s, DEFAULT_MAC),
         };
         let backend = if spec == "user" {

@@ -198,7 +198,7 @@ pub fn run(cfg: &VmConfig) -> Result<VmExit, BuiltinError> {
     let mem_size = cfg.mem_mib << 20;
     let hypervisor = hv::open()?;
     if let Some(note) = hypervisor.limitation() {
-        log::info!("{}: {note}", hypervisor.name());
+        tracing::info!("{}: {note}", hypervisor.name());
     }
     let vm = hypervisor.create_vm()?;
     if cfg.nested && !vm.set_nested_virt(true)? {
@@ -348,7 +348,7 @@ fn usernet_in_process() -> Result<std::os::unix::net::UnixStream, BuiltinError> 
         .name("usernet".into())
         .spawn(move || {
             if let Err(e) = usernet::stream::serve_connected(net_end, config) {
-                log::error!("usernet: {e}");
+                tracing::error!("usernet: {e}");
             }
         })
         .map_err(BuiltinError::EventLoop)?;

@@ -19,14 +19,14 @@ pub(crate) fn run_loop(mut vcpu: Box<dyn Vcpu>, buses: &Buses, exit: &ExitSignal
         let crash = match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
                 if !buses.pio.read(u64::from(port), data) {
-                    log::debug!("read of unhandled port {port:#x}");
+                    tracing::debug!("read of unhandled port {port:#x}");
                     data.fill(0xff);
                 }
                 continue;
             }
             Ok(VcpuExit::IoOut(port, data)) => {
                 if !buses.pio.write(u64::from(port), data) {
-                    log::debug!("write to unhandled port {port:#x}");
+                    tracing::debug!("write to unhandled port {port:#x}");
                 }
                 continue;
             }

@@ -165,7 +165,7 @@ impl Vm for KvmVm {
             extern "C" fn noop(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
             // Failing to install the handler only makes kicks kill the process; report it.
             if let Err(e) = register_signal_handler(kick_signal(), noop) {
-                log::error!("cannot install the vCPU kick signal handler: {e}");
+                tracing::error!("cannot install the vCPU kick signal handler: {e}");
             }
         });
         Ok(Box::new(KvmVcpu {

@@ -4,14 +4,10 @@
 //! - `event`: eventfd/epoll where they exist, a portable notifier/poller elsewhere.
 //! - `file`: positional disk I/O and hole punching (fallocate, F_PUNCHHOLE, FSCTL_SET_ZERO_DATA).
 //! - `mem`: the host page size and discarding guest RAM (madvise), for virtio-balloon (Linux, macOS).
-//! - `paths`: each OS's instance directory and Docker endpoint (unix socket, named pipe).
 //! - `random`: the host's cryptographic RNG.
-//! - `x86_boot`: x86_64 Linux loading without linux-loader (which does not build on Windows).
 
 pub mod event;
 pub mod file;
 #[cfg(any(target_os = "linux", target_os = "macos"))]
 pub mod mem;
-pub mod paths;
 pub mod random;
-pub mod x86_boot;

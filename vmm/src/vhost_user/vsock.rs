@@ -220,7 +220,7 @@ pub fn serve(
             h.register_listener(backend.epoll_fd, EventSet::IN, u64::from(BACKEND_EVENT))
                 .map_err(VhostUserVsockError::Register)?;
         }
-        log::info!(
+        tracing::info!(
             "vhost-user-vsock: waiting for a frontend on {}",
             socket.display()
         );
@@ -234,7 +234,7 @@ pub fn serve(
             | Ok(()) => {}
             Err(e) => return Err(serve_err(e)),
         }
-        log::info!("vhost-user-vsock: frontend disconnected");
+        tracing::info!("vhost-user-vsock: frontend disconnected");
         backend.lock().muxer.reset();
         if once {
             return Ok(());

@@ -90,7 +90,7 @@ impl BuiltinEngine {
             args.push("--nested".into());
         }
         if spec.docker_tcp.is_some() {
-            log::warn!(
+            tracing::warn!(
                 "VMCTL_DOCKER_TCP_PORT is a qemu-engine knob; the builtin engine ignores it"
             );
         }

@@ -148,7 +148,7 @@ impl Engine for QemuEngine {
         for b in &mut self.backends {
             if let Some(st) = b.try_status() {
                 let why = crate::supervisor::backends::describe_exit(st, &b.log);
-                log::error!("the {} backend {why}", b.name);
+                tracing::error!("the {} backend {why}", b.name);
                 self.vm.kill();
                 return Some(EngineExit::Failed(format!("the {} backend {why}", b.name)));
             }

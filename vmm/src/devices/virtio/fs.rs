@@ -128,7 +128,7 @@ impl VirtioDevice for Fs {
             Err(e) => {
                 // The VM's own memory cannot be viewed: not the guest's fault, but the
                 // device cannot work; the driver sees DEVICE_NEEDS_RESET.
-                log::error!("virtio-fs: {e}");
+                tracing::error!("virtio-fs: {e}");
                 ctx.interrupt.signal_needs_reset();
                 return Ok(());
             }

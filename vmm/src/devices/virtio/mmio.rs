@@ -167,7 +167,7 @@ impl MmioTransport {
         let evts = match self.queue_evts.iter().map(|e| e.try_clone()).collect() {
             Ok(e) => e,
             Err(e) => {
-                log::error!("{}: cannot clone queue notifiers: {e}", self.name);
+                tracing::error!("{}: cannot clone queue notifiers: {e}", self.name);
                 self.status |= STATUS_NEEDS_RESET;
                 return;
             }
@@ -182,7 +182,7 @@ impl MmioTransport {
         match self.device.activate(ctx) {
             Ok(()) => self.active = true,
             Err(e) => {
-                log::error!("{}: activation failed: {e}", self.name);
+                tracing::error!("{}: activation failed: {e}", self.name);
                 self.status |= STATUS_NEEDS_RESET;
             }
         }

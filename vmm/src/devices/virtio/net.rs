@@ -289,7 +289,7 @@ impl Drop for Net {
             let _ = r.join();
         }
         let s = &self.shared.stats;
-        log::info!(
+        tracing::info!(
             "virtio-net: tx {} (dropped {}), rx {} (dropped {} queue full, {} bad chain)",
             s.tx_frames.load(Ordering::Relaxed),
             s.tx_dropped.load(Ordering::Relaxed),
@@ -308,7 +308,9 @@ fn backend_reader(mut stream: UnixStream, shared: &Shared) {
         let n = match stream.read(&mut buf) {
             Ok(0) => {
                 if shared.should_report() {
-                    log::warn!("virtio-net: the network backend closed the connection; link down");
+                    tracing::warn!(
+                        "virtio-net: the network backend closed the connection; link down"
+                    );
                 }
                 break;
             }
@@ -316,7 +318,9 @@ fn backend_reader(mut stream: UnixStream, shared: &Shared) {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 if shared.should_report() {
-                    log::warn!("virtio-net: reading the network backend failed: {e}; link down");
+                    tracing::warn!(
+                        "virtio-net: reading the network backend failed: {e}; link down"
+                    );
                 }
                 break;
             }
@@ -336,7 +340,7 @@ fn backend_reader(mut stream: UnixStream, shared: &Shared) {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    log::error!("virtio-net: {e}; closing the backend connection, link down");
+                    tracing::error!("virtio-net: {e}; closing the backend connection, link down");
                     shared.link_down(&stream);
                     return;
                 }
@@ -429,7 +433,7 @@ impl NetHandler {
                         .extend_from_slice(&(frame.len() as u32).to_be_bytes());
                     self.out.extend_from_slice(&frame);
                     if let Err(e) = self.stream.write_all(&self.out) {
-                        log::error!(
+                        tracing::error!(
                             "virtio-net: writing to the network backend failed: {e}; link down"
                         );
                         self.shared.link_down(&self.stream);
@@ -532,7 +536,7 @@ impl QueueHandler for NetHandler {
         match self.shared.wake.try_clone() {
             Ok(n) => vec![n],
             Err(e) => {
-                log::error!("virtio-net: cannot watch the backend: {e}");
+                tracing::error!("virtio-net: cannot watch the backend: {e}");
                 Vec::new()
             }
         }

@@ -77,7 +77,7 @@ impl Worker {
                     let mut ready = Vec::with_capacity(16);
                     loop {
                         if let Err(e) = poller.wait(None, &mut ready) {
-                            log::error!("{name}: poll failed, device stopped: {e}");
+                            tracing::error!("{name}: poll failed, device stopped: {e}");
                             return;
                         }
                         for &key in &ready {
@@ -106,7 +106,7 @@ impl Worker {
                     }
                 });
                 if std::panic::catch_unwind(run).is_err() {
-                    log::error!(
+                    tracing::error!(
                         "{name}: device worker panicked; the device is stopped, the VM goes on"
                     );
                 }

@@ -300,7 +300,7 @@ impl Muxer {
                 self.register_conn(conn);
             }
             Err(e) => {
-                log::debug!(
+                tracing::debug!(
                     "vsock: guest port {} → host port {}: {}: {e}",
                     h.src_port,
                     h.dst_port,
@@ -442,7 +442,7 @@ impl Muxer {
             waiting |= c.deadline.is_some();
         }
         for key in expired {
-            log::debug!("vsock: guest did not answer on port {}; reset", key.1);
+            tracing::debug!("vsock: guest did not answer on port {}; reset", key.1);
             self.mark_ready(key);
         }
         if !waiting {
@@ -542,7 +542,7 @@ impl Muxer {
                 self.register_conn(conn);
             }
             Err(why) => {
-                log::debug!("vsock: host client dropped: {why}");
+                tracing::debug!("vsock: host client dropped: {why}");
             }
         }
     }
