@@ -43,5 +43,17 @@ if [ -n "$skips" ]; then
     step "skipped on this machine (each with its reason)"
     echo "$skips"
 fi
+# The hostile-guest / hostile-user suite (.config/nextest.toml, profile "hostile";
+# SECURITY.md says what each test defends): how many of its tests passed in this run.
+suite=$(cargo nextest list --profile hostile --message-format oneline 2>/dev/null || true)
+total=$(printf '%s\n' "$suite" | grep -c . || true)
+passed=0
+while read -r bin name; do
+    [ -n "$name" ] || continue
+    if grep -a -E "^\s+PASS .* ${bin} ${name}\$" "$log" >/dev/null; then
+        passed=$((passed + 1))
+    fi
+done <<<"$suite"
+step "hostile-guest / hostile-user suite: ${passed} of ${total} passed (cargo nextest run --profile hostile)"
 rm -f "$log"
 exit $status
