@@ -130,6 +130,24 @@ mod cli {
             fs: args.fs,
         };
         let exit_report = args.exit_report.as_ref();
+        // Started as root: keep only what serving in-process virtio-fs shares needs (the
+        // file capabilities; none without shares), in every set including the bounding set.
+        // Capabilities are per thread, so this comes before any thread starts; the process
+        // stays uid 0 so it still opens root's disks, sockets and /dev/kvm by ownership.
+        #[cfg(target_os = "linux")]
+        {
+            let keep = if cfg.fs.is_empty() {
+                Default::default()
+            } else {
+                vmm::privileges::file_server_capabilities(false, false)
+            };
+            if let Err(e) = vmm::privileges::keep_file_capabilities(&keep) {
+                let detail = chain(&e);
+                eprintln!("vmm: error: {detail}");
+                report(exit_report, &builtin::ExitReport::Error { detail });
+                return 1;
+            }
+        }
         // The VMM handles guest data from here on: no exec, ptrace, mounts, module loads...
         #[cfg(target_os = "linux")]
         if let Err(e) = vmm::seccomp::apply(vmm::seccomp::Profile::Device) {

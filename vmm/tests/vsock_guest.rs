@@ -114,6 +114,19 @@ fn test_vsock_guest_streams_both_ways_and_rst_when_nothing_listens() {
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("expected `OK <port>`, got {ok:?}"));
     assert!(local >= 1 << 30, "host-side port {local}");
+    // The VMM serving this connection, started by root (as CI does), kept no capability:
+    // it has no virtio-fs share, so not even the file ones (bounding set included).
+    let status = peer_status(&client).expect("the vmm's /proc/PID/status");
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        for key in ["CapEff:", "CapPrm:", "CapBnd:"] {
+            let v = status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(str::trim);
+            assert_eq!(v, Some("0000000000000000"), "vmm {key} {status}");
+        }
+    }
     let msg = format!("host-hello {token}");
     client.write_all(msg.as_bytes()).expect("send to the guest");
     let mut echo_back = vec![0u8; msg.len()];
@@ -141,4 +154,29 @@ fn test_vsock_guest_streams_both_ways_and_rst_when_nothing_listens() {
         "{}",
         run.dump()
     );
+}
+
+/// `/proc/PID/status` of the process at the other end of a unix socket (SO_PEERCRED).
+fn peer_status(s: &std::os::unix::net::UnixStream) -> Option<String> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt with a valid fd and an out buffer of the stated length.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 || cred.pid <= 0 {
+        return None;
+    }
+    std::fs::read_to_string(format!("/proc/{}/status", cred.pid)).ok()
 }

@@ -246,6 +246,16 @@ fn test_vsock_vhost_user_linux_guest_streams_credit_halfclose_and_rst() {
     // The host service the guest connects to (once per boot): read to EOF, answer
     // "echo:<data>", close. The first message is reported.
     let listener = UnixListener::bind(dir.path().join("v.sock_5000")).expect("bind");
+    // Started as root (CI), the backend runs as `nobody` once set up (sandbox::privileges),
+    // so a host service for guest connections must be reachable by that user: the folder
+    // searchable, the socket connectable. (vmctl's own instance folder is 0700 and has no
+    // such service.)
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let set = |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+        set(dir.path(), 0o711).expect("chmod dir");
+        set(&dir.path().join("v.sock_5000"), 0o666).expect("chmod socket");
+    }
     let (first_tx, first_rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
         for s in listener.incoming() {
