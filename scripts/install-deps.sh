@@ -17,6 +17,21 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# The docker CLI talks to the VM's daemon. A machine without one gets the client alone from
+# Debian's docker.io package (unpacked, not installed: that package would also install and
+# start a local dockerd and containerd, which vmctl users do not want).
+if ! command -v docker >/dev/null; then
+    echo "==> the docker CLI (client only, from Debian's docker.io package)"
+    tmp=$(mktemp -d)
+    dest=${VMCTL_DOCKER_CLI_DEST:-/usr/local/bin}
+    (cd "$tmp" && { apt-get download -qq docker.io >/dev/null ||
+        { $sudo apt-get update -qq && apt-get download -qq docker.io >/dev/null; }; })
+    dpkg-deb -x "$tmp"/docker.io_*.deb "$tmp/root"
+    $sudo install -m 0755 "$tmp/root/usr/bin/docker" "$dest/docker"
+    rm -rf "$tmp"
+    "$dest/docker" --version
+fi
+
 if ! command -v cargo >/dev/null; then
     echo "==> installing the Rust toolchain (rustup, from Debian)"
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq rustup 2>/dev/null || true
