@@ -152,6 +152,36 @@ fn test_vmctl_start_docker_run_stop_restart_recover_delete() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Bounded: a burst of 10k new host files (a `git checkout`) stalls nothing: `vmctl
+    // exec` answers during the replay, and a later write still reaches the watcher.
+    let burst = share.join("burst");
+    std::fs::create_dir(&burst).unwrap();
+    let t = Instant::now();
+    for i in 0..10_000 {
+        std::fs::write(burst.join(format!("f{i}")), "x").unwrap();
+    }
+    let wrote = t.elapsed();
+    let t = Instant::now();
+    env.vmctl_ok(&["exec", "--", "true"], STEP);
+    let exec_took = t.elapsed();
+    let before = logs().matches("EVENT").count();
+    std::fs::write(share.join("watched.txt"), "v3 after the burst").unwrap();
+    let t = Instant::now();
+    while logs().matches("EVENT").count() <= before {
+        assert!(
+            t.elapsed() < Duration::from_secs(180),
+            "no event for a write after a 10k-file burst\n{}",
+            env.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!(
+        "10k-file host burst written in {:.1} s; vmctl exec during the replay {:.2} s; \
+         a later write reached the container's watcher after {:.1} s",
+        wrote.as_secs_f64(),
+        exec_took.as_secs_f64(),
+        t.elapsed().as_secs_f64()
+    );
     env.docker_ok(&["rm", "-f", "watcher"]);
 
     // usernet: host.docker.internal reaches the host's loopback.

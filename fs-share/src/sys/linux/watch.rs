@@ -82,6 +82,7 @@ impl Watcher {
             }
         }
         let mut out: Vec<HostEvent> = Vec::new();
+        let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
         for (wd, m, name) in raw {
             if m.contains(EventMask::IGNORED) {
                 self.dirs.remove(&wd);
@@ -113,10 +114,14 @@ impl Watcher {
             let Some(path) = rel.to_str().map(str::to_owned) else {
                 continue;
             };
-            let ev = HostEvent { kind, path };
-            if out.last() != Some(&ev) {
-                out.push(ev);
+            // A write raises CREATE, MODIFY and CLOSE_WRITE for one path: the guest needs one
+            // event per path and batch, until a delete makes the next one news again.
+            if kind == EventKind::Delete {
+                seen.remove(&path);
+            } else if !seen.insert(path.clone()) {
+                continue;
             }
+            out.push(HostEvent { kind, path });
         }
         Ok(out)
     }
