@@ -58,6 +58,9 @@
 
 pub mod config;
 pub mod events;
+// Fuzz entry point: for this crate's tests and `fuzz/` (cargo-fuzz builds with `--cfg
+// fuzzing`); not part of the API otherwise.
+#[cfg(any(test, fuzzing))]
 pub mod fuzz;
 pub mod handle_table;
 pub mod inode_table;

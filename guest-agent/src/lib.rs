@@ -6,28 +6,8 @@
 //! into the host.
 
 pub mod cmdline;
+// Fuzz entry point: for this crate's tests (fuzz smoke) and `fuzz/` (cargo-fuzz builds with
+// `--cfg fuzzing`); not part of the API otherwise.
+#[cfg(any(test, fuzzing))]
+pub mod fuzz;
 pub mod protocol;
-
-/// Fuzz entry point (used by `fuzz/` and by the fuzz smoke test): decode arbitrary bytes
-/// as a stream of frames in both directions; must never panic.
-pub fn fuzz_decode(data: &[u8]) {
-    let mut reader = protocol::FrameReader::new(data);
-    for _ in 0..64 {
-        match reader.read::<protocol::Request>() {
-            Ok(Some(req)) => {
-                let _ = protocol::encode(&req);
-            }
-            Ok(None) => break,
-            Err(e) => {
-                let _ = e.to_string();
-                if !e.is_recoverable() {
-                    break;
-                }
-            }
-        }
-    }
-    let mut reader = protocol::FrameReader::new(data);
-    while let Ok(Some(ev)) = reader.read::<protocol::Response>() {
-        let _ = protocol::encode(&ev);
-    }
-}

@@ -21,7 +21,7 @@
 //! `len` field of their headers) are answered `Ok`, the connection stops carrying frames.
 //!
 //! Both sides treat the peer's bytes as untrusted: frames are bounded, malformed lines
-//! give a typed error instead of a panic (see `fuzz_decode`).
+//! give a typed error instead of a panic (see `fuzz::decode`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 

@@ -48,10 +48,17 @@
 //! from the host. Memory for TCP buffers is bounded by `Limits::tcp_buffer_budget` (see
 //! the `tcp` module).
 
+// `tests/common/frames.rs` names the crate `usernet`; the fuzz smoke test includes it.
+#[cfg(test)]
+extern crate self as usernet;
+
 mod config;
 mod device;
 mod dhcp;
 mod dns;
+// Fuzz entry points: for this crate's tests and `fuzz/` (cargo-fuzz builds with `--cfg
+// fuzzing`); not part of the API otherwise.
+#[cfg(any(test, fuzzing))]
 pub mod fuzz;
 mod icmp;
 mod tcp;

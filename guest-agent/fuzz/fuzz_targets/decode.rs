@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    guest_agent::fuzz_decode(data);
+    guest_agent::fuzz::decode(data);
 });
