@@ -27,8 +27,34 @@ pub trait QueueHandler: Send + 'static {
     fn process_extra(&mut self, _index: usize) {}
 }
 
-const STOP_KEY: u64 = u64::MAX;
-const EXTRA_BASE: u64 = 1 << 32;
+/// What a poller key stands for. `key` and `from_key` are the only place the numbering
+/// lives: queues from 0, extra sources (fds, then notifiers) from 2^32, stop last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    Stop,
+    Queue(usize),
+    Extra(usize),
+}
+
+impl Source {
+    const EXTRA_BASE: u64 = 1 << 32;
+
+    fn key(self) -> u64 {
+        match self {
+            Source::Stop => u64::MAX,
+            Source::Queue(i) => i as u64,
+            Source::Extra(i) => Self::EXTRA_BASE + i as u64,
+        }
+    }
+
+    fn from_key(key: u64) -> Source {
+        match key {
+            u64::MAX => Source::Stop,
+            k if k >= Self::EXTRA_BASE => Source::Extra((k - Self::EXTRA_BASE) as usize),
+            k => Source::Queue(k as usize),
+        }
+    }
+}
 
 /// A running worker; stopped and joined on drop.
 pub struct Worker {
@@ -38,16 +64,16 @@ pub struct Worker {
 
 /// Registers the handler's file descriptors; returns how many there are.
 #[cfg(target_os = "linux")]
-fn add_extra_fds<H: QueueHandler>(poller: &Poller, handler: &H) -> std::io::Result<u64> {
+fn add_extra_fds<H: QueueHandler>(poller: &Poller, handler: &H) -> std::io::Result<usize> {
     let fds = handler.extra_fds();
     for (i, fd) in fds.iter().enumerate() {
-        poller.add_fd(*fd, EXTRA_BASE + i as u64)?;
+        poller.add_fd(*fd, Source::Extra(i).key())?;
     }
-    Ok(fds.len() as u64)
+    Ok(fds.len())
 }
 
 #[cfg(not(target_os = "linux"))]
-fn add_extra_fds<H: QueueHandler>(_poller: &Poller, _handler: &H) -> std::io::Result<u64> {
+fn add_extra_fds<H: QueueHandler>(_poller: &Poller, _handler: &H) -> std::io::Result<usize> {
     Ok(0)
 }
 
@@ -59,14 +85,14 @@ impl Worker {
     ) -> std::io::Result<Self> {
         let stop = EventNotifier::new()?;
         let poller = Poller::new()?;
-        poller.add(&stop, STOP_KEY)?;
+        poller.add(&stop, Source::Stop.key())?;
         for (i, evt) in queue_evts.iter().enumerate() {
-            poller.add(evt, i as u64)?;
+            poller.add(evt, Source::Queue(i).key())?;
         }
         let fd_count = add_extra_fds(&poller, &handler)?;
         let extra = handler.extra_notifiers();
         for (i, n) in extra.iter().enumerate() {
-            poller.add(n, EXTRA_BASE + fd_count + i as u64)?;
+            poller.add(n, Source::Extra(fd_count + i).key())?;
         }
         let name = name.to_string();
         let thread_name = name.clone();
@@ -81,25 +107,23 @@ impl Worker {
                             return;
                         }
                         for &key in &ready {
-                            match key {
-                                STOP_KEY => return,
-                                k if k >= EXTRA_BASE => {
-                                    let index = k - EXTRA_BASE;
-                                    if let Some(n) = index
-                                        .checked_sub(fd_count)
-                                        .and_then(|i| extra.get(i as usize))
+                            match Source::from_key(key) {
+                                Source::Stop => return,
+                                Source::Extra(index) => {
+                                    if let Some(n) =
+                                        index.checked_sub(fd_count).and_then(|i| extra.get(i))
                                     {
                                         let _ = n.drain();
                                     }
-                                    handler.process_extra(index as usize)
+                                    handler.process_extra(index)
                                 }
-                                k => {
-                                    if let Some(evt) = queue_evts.get(k as usize) {
+                                Source::Queue(index) => {
+                                    if let Some(evt) = queue_evts.get(index) {
                                         // Draining resets the counter; several notifications
                                         // coalesce into one pass over the queue.
                                         let _ = evt.drain();
                                     }
-                                    handler.process_queue(k as usize);
+                                    handler.process_queue(index);
                                 }
                             }
                         }
@@ -133,6 +157,20 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn test_source_keys_round_trip_and_do_not_overlap() {
+        for src in [
+            Source::Stop,
+            Source::Queue(0),
+            Source::Queue(7),
+            Source::Extra(0),
+            Source::Extra(3),
+        ] {
+            assert_eq!(Source::from_key(src.key()), src);
+        }
+        assert_ne!(Source::Queue(0).key(), Source::Extra(0).key());
+    }
 
     /// Reports what the worker calls, in order.
     struct Recorder {
