@@ -91,3 +91,16 @@ fn test_config_check_host_names_missing_folder() {
         "{e}"
     );
 }
+
+/// `EngineChoice::as_str` is what status, errors and `config get` print; it must be the
+/// name the config file (serde) and `--engine` (clap) accept.
+#[test]
+fn test_engine_choice_names_agree_with_serde_and_clap() {
+    use clap::ValueEnum;
+    for e in EngineChoice::value_variants() {
+        let serde_name = serde_json::to_value(e).expect("serialise");
+        assert_eq!(serde_name.as_str(), Some(e.as_str()));
+        let clap_name = e.to_possible_value().expect("a value");
+        assert_eq!(clap_name.get_name(), e.as_str());
+    }
+}

@@ -142,6 +142,16 @@ fn console_says_panic(console: &Path) -> bool {
 mod tests {
     use super::*;
 
+    /// The qemu engine names the data disk with vmm's serial and passes no `vmctl.data`
+    /// word: that only works while it is the agent's default.
+    #[test]
+    fn test_qemu_data_disk_serial_is_the_agents_default() {
+        assert_eq!(
+            vmm::engine::qemu::DATA_DISK_SERIAL,
+            guest_agent::cmdline::Config::default().data_serial
+        );
+    }
+
     #[test]
     fn test_auto_picks_builtin_only_where_kvm_boots_linux() {
         let kvm = HostHypervisor::Kvm { nested: false };

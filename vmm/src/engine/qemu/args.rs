@@ -168,7 +168,9 @@ impl QemuConfig {
     }
 }
 
-/// virtio-blk serial of the data disk; the guest agent finds the disk by it.
+/// virtio-blk serial of the data disk: the one the guest agent looks for when the kernel
+/// command line names none (`guest_agent::cmdline`; the `vmctl` crate's tests check they
+/// agree), so no `vmctl.*` word is needed for it.
 pub const DATA_DISK_SERIAL: &str = "vmctl-data";
 
 /// The kernel words every vmctl guest boots with, whichever engine runs it: the read-only
@@ -197,9 +199,6 @@ pub fn cmdline(cfg: &QemuConfig) -> String {
         // The kernel's IP autoconfiguration does DHCP; the agent writes resolv.conf.
         Net::User { .. } | Net::Stream { .. } => words.push("ip=dhcp".into()),
         Net::None => {}
-    }
-    if cfg.data_disk.is_some() {
-        words.push(format!("vmctl.data={DATA_DISK_SERIAL}"));
     }
     words.extend(cfg.cmdline_extra.iter().cloned());
     words.join(" ")
@@ -546,14 +545,17 @@ mod tests {
     }
 
     #[test]
-    fn test_cmdline_has_root_data_and_extras() {
+    fn test_cmdline_has_root_net_and_extras() {
         let c = cmdline(&cfg());
         assert!(
             c.starts_with("console=ttyS0 root=/dev/vda rootfstype=squashfs ro"),
             "{c}"
         );
         assert!(c.contains("ip=dhcp"));
-        assert!(c.contains("vmctl.data=vmctl-data"));
+        assert!(
+            !c.contains("vmctl.data"),
+            "the agent's default serial needs no word"
+        );
         assert!(c.ends_with("vmctl.docker_tcp=2375"));
     }
 
