@@ -109,17 +109,11 @@ pub fn check_prerequisites(mountpoint: &Path) -> Result<(), FuseMountError> {
         if unsafe { libc::access(c"/dev/fuse".as_ptr(), libc::R_OK | libc::W_OK) } != 0 {
             return Err(FuseMountError::FuseDeviceDenied);
         }
-        if !on_path("fusermount3") {
+        if !crate::host_tools::on_path("fusermount3") {
             return Err(FuseMountError::NoFusermount);
         }
     }
     Ok(())
-}
-
-fn on_path(bin: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
-        .unwrap_or(false)
 }
 
 impl FuseMount {

@@ -9,12 +9,15 @@
 //! - [`agent`]: the host side of the guest agent's control protocol.
 //! - [`vsock`]: the hybrid-vsock `CONNECT` handshake into the guest, blocking and async.
 //! - `fuse_mount` (Linux): the host side of `vmctl mount`, a FUSE mount served over a stream.
+//! - `host_tools`: which tools are on `$PATH`, the user's name.
 
 #[cfg(unix)]
 pub mod agent;
 pub mod config;
 #[cfg(target_os = "linux")]
 pub mod fuse_mount;
+#[cfg(unix)]
+pub mod host_tools;
 #[cfg(unix)]
 pub mod image;
 #[cfg(unix)]

@@ -37,7 +37,7 @@ fn skip_reason() -> Option<String> {
 
 /// What a user runs to end a mount: `fusermount3 -u` (root falls back to umount(2)).
 fn user_unmount(mnt: &Path) {
-    if on_path("fusermount3") {
+    if crate::host_tools::on_path("fusermount3") {
         let st = std::process::Command::new("fusermount3")
             .arg("-u")
             .arg(mnt)

@@ -30,8 +30,13 @@ pub enum ImageError {
     },
     #[error("{0}")]
     Io(String, #[source] std::io::Error),
-    #[error("building the root image needs root (debootstrap, chroot)")]
-    NeedRoot,
+    #[error(
+        "building the root image as {user} needs subordinate uids and gids for mmdebstrap's \
+         user namespace (and newuidmap): run `sudo usermod --add-subuids 100000-165535 \
+         --add-subgids 100000-165535 {user}` and `sudo apt-get install uidmap` \
+         (scripts/install-deps.sh does both)"
+    )]
+    NoSubordinateIds { user: String },
     #[error("{0}")]
     Invalid(String),
 }
@@ -76,16 +81,27 @@ pub fn default_agent_path() -> Option<PathBuf> {
     None
 }
 
-/// Run a command, forwarding each output line to `progress` with `prefix`; the last 30
+/// Run a command, forwarding each output line (stdout and stderr, as they come: debootstrap,
+/// mmdebstrap and make report progress on stderr) to `progress` with `prefix`; the last 30
 /// lines are kept for the error when it fails. Returns its stdout lines.
 pub fn run_logged(
     cmd: &mut Command,
     prefix: &str,
     progress: Progress<'_>,
 ) -> Result<Vec<String>, ImageError> {
+    run_logged_with_stdin(cmd, Stdio::null(), prefix, progress)
+}
+
+/// `run_logged` with `stdin` as the command's input.
+pub fn run_logged_with_stdin(
+    cmd: &mut Command,
+    stdin: Stdio,
+    prefix: &str,
+    progress: Progress<'_>,
+) -> Result<Vec<String>, ImageError> {
     let name = format!("{:?}", cmd.get_program());
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -93,41 +109,50 @@ pub fn run_logged(
             cmd: name.clone(),
             source,
         })?;
-    let stderr = child.stderr.take();
-    let err_thread = std::thread::spawn(move || {
-        let mut lines = Vec::new();
-        if let Some(e) = stderr {
+    // Each stream is read on its own thread; the lines meet here, in the caller's thread,
+    // because `progress` need not be Send.
+    let (tx, rx) = std::sync::mpsc::channel::<(bool, String)>();
+    let mut readers = Vec::new();
+    if let Some(e) = child.stderr.take() {
+        let tx = tx.clone();
+        readers.push(std::thread::spawn(move || {
             for l in BufReader::new(e).lines().map_while(Result::ok) {
-                lines.push(l);
+                let _ = tx.send((false, l));
             }
-        }
-        lines
-    });
-    let mut out = Vec::new();
+        }));
+    }
     if let Some(o) = child.stdout.take() {
-        for l in BufReader::new(o).lines().map_while(Result::ok) {
-            progress(&format!("{prefix}{l}"));
+        let tx = tx.clone();
+        readers.push(std::thread::spawn(move || {
+            for l in BufReader::new(o).lines().map_while(Result::ok) {
+                let _ = tx.send((true, l));
+            }
+        }));
+    }
+    drop(tx);
+    let mut out = Vec::new();
+    let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    for (is_stdout, l) in rx {
+        progress(&format!("{prefix}{l}"));
+        if tail.len() == 30 {
+            tail.pop_front();
+        }
+        tail.push_back(l.clone());
+        if is_stdout {
             out.push(l);
         }
     }
-    let err_lines = err_thread.join().unwrap_or_default();
-    for l in &err_lines {
-        progress(&format!("{prefix}{l}"));
+    for r in readers {
+        let _ = r.join();
     }
     let status = child
         .wait()
         .map_err(|e| ImageError::Io(format!("wait for {name}"), e))?;
     if !status.success() {
-        let all: Vec<&String> = out.iter().chain(err_lines.iter()).collect();
-        let tail = all[all.len().saturating_sub(30)..]
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join("\n");
         return Err(ImageError::Failed {
             cmd: name,
             status: status.to_string(),
-            tail,
+            tail: Vec::from(tail).join("\n"),
         });
     }
     Ok(out)
