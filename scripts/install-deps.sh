@@ -17,6 +17,17 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# The root image is built as the user, in a user namespace (mmdebstrap --mode=unshare): that
+# needs a range of subordinate uids and gids. Debian's adduser gives new users one; older
+# accounts may have none.
+user=${SUDO_USER:-$(id -un)}
+if [ "$user" != root ] && ! { grep -q "^$user:" /etc/subuid 2>/dev/null && grep -q "^$user:" /etc/subgid 2>/dev/null; }; then
+    # The first free 65536-id range above every range already handed out.
+    start=$(cat /etc/subuid /etc/subgid 2>/dev/null | awk -F: 'BEGIN{m=100000} {e=$2+$3; if (e>m) m=e} END{print m}')
+    echo "==> subordinate ids $start-$((start + 65535)) for $user (mmdebstrap's user namespace)"
+    $sudo usermod --add-subuids "$start-$((start + 65535))" --add-subgids "$start-$((start + 65535))" "$user"
+fi
+
 # The docker CLI talks to the VM's daemon. A machine without one gets the client alone from
 # Debian's docker.io package (unpacked, not installed: that package would also install and
 # start a local dockerd and containerd, which vmctl users do not want).

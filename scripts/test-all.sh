@@ -33,6 +33,14 @@ VMCTL_TEST_QEMU_NEW=$(./scripts/fetch-test-qemu.sh || true)
 export VMCTL_TEST_QEMU_NEW
 echo "${VMCTL_TEST_QEMU_NEW:-none}"
 
+# Run as root, the suite also runs the main job as an ordinary user (tests/tests/user_start.rs):
+# it needs one, with a home and subordinate ids, which `useradd -m` gives as adduser does.
+if [ "$(id -u)" = 0 ] && [ -z "${VMCTL_TEST_USER:-}" ]; then
+    step "an ordinary user for the run-as-a-user scenario (vmctl-ci)"
+    id vmctl-ci >/dev/null 2>&1 || useradd -m -s /bin/bash vmctl-ci
+    export VMCTL_TEST_USER=vmctl-ci
+fi
+
 step "cargo nextest run --workspace"
 log=$(mktemp)
 status=0

@@ -123,7 +123,7 @@ pub fn kernel_or_skip() -> Option<vmctl::image::kernel::Kernel> {
 
 /// Kernel + root image, or `None` after printing why they cannot be built here.
 pub fn assets_or_skip() -> Option<Assets> {
-    for tool in ["qemu-system-x86_64", "debootstrap", "mksquashfs"] {
+    for tool in ["qemu-system-x86_64", "mmdebstrap", "tar2sqfs"] {
         if !have(tool) {
             skip(&format!(
                 "{tool} is not installed (see scripts/apt-packages/guest.txt)"
@@ -136,8 +136,10 @@ pub fn assets_or_skip() -> Option<Assets> {
     let progress = |m: &str| eprintln!("{m}");
     let rootfs = match vmctl::image::rootfs::ensure(&agent, &progress) {
         Ok(r) => r,
-        Err(vmctl::image::ImageError::NeedRoot) => {
-            skip("the root image is not cached and building it needs root (debootstrap)");
+        Err(e @ vmctl::image::ImageError::NoSubordinateIds { .. }) => {
+            skip(&format!(
+                "the root image is not cached and cannot be built here: {e}"
+            ));
             return None;
         }
         Err(e) => panic!("build the root image: {e}"),

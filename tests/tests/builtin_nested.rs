@@ -86,7 +86,7 @@ struct Bed {
 /// Starts the outer VM (qemu engine, `--nested`), or says why it cannot run here.
 fn outer_bed(name: &str) -> Option<Bed> {
     if !vmctl_tests::is_root() {
-        skip("needs root (builds the root image with debootstrap)");
+        skip("needs root (this scenario is written for root; tests/tests/user_start.rs runs the main job as an ordinary user)");
         return None;
     }
     let assets = assets_or_skip()?;

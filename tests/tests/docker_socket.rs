@@ -18,7 +18,7 @@ use vmctl_tests::{assets_or_skip, have, skip};
 #[test]
 fn test_docker_socket_cli_scenarios_through_vsock() {
     if !vmctl_tests::is_root() {
-        skip("needs root (builds the root image with debootstrap)");
+        skip("needs root (this scenario is written for root; tests/tests/user_start.rs runs the main job as an ordinary user)");
         return;
     }
     for tool in ["docker", "script"] {

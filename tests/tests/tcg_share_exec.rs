@@ -32,7 +32,7 @@ fn test_program_on_a_share_runs_after_page_reuse_on_newer_qemu() {
         return;
     };
     if !vmctl_tests::is_root() {
-        skip("needs root (builds the root image with debootstrap)");
+        skip("needs root (this scenario is written for root; tests/tests/user_start.rs runs the main job as an ordinary user)");
         return;
     }
     if assets_or_skip().is_none() {

@@ -19,7 +19,7 @@ use vmctl_tests::{assets_or_skip, have, skip};
 #[test]
 fn test_vmctl_start_docker_run_stop_restart_recover_delete() {
     if !vmctl_tests::is_root() {
-        skip("needs root (builds the root image with debootstrap)");
+        skip("needs root (this scenario is written for root; tests/tests/user_start.rs runs the main job as an ordinary user)");
         return;
     }
     if !have("docker") {

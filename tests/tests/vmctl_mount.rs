@@ -115,7 +115,7 @@ fn pattern(len: usize) -> Vec<u8> {
 #[test]
 fn test_vmctl_mount_guest_files_both_ways_sigterm_read_only_vm_stop() {
     if !vmctl_tests::is_root() {
-        skip("needs root (builds the root image with debootstrap; mounts FUSE)");
+        skip("needs root (this scenario is written for root; tests/tests/user_start.rs runs the main job as an ordinary user)");
         return;
     }
     if !Path::new("/dev/fuse").exists() {

@@ -1,9 +1,13 @@
 //! The root image: Debian bookworm minbase + Docker's packages, trimmed, with the guest
 //! agent as `/sbin/init`, packed as a reproducible zstd squashfs.
 //!
-//! Steps (each printed as progress): debootstrap → configure (iptables-legacy) → install
-//! the agent → trim and normalise (docs, man pages, locales, apt lists, logs, caches,
-//! shadow dates) → `mksquashfs` with fixed timestamps. The output is cached under
+//! Built without root: `mmdebstrap` (`--mode=unshare` for a user — a user namespace with the
+//! user's subordinate ids, so packages keep their owners —, `--mode=root` for root) bootstraps
+//! minbase + the packages and, in its hooks, configures iptables-legacy, installs the agent,
+//! trims and normalises (docs, man pages, locales, apt lists, logs, caches, shadow dates);
+//! its reproducible tarball (sorted, mtimes clamped to SOURCE_DATE_EPOCH) becomes a zstd
+//! squashfs with `tar2sqfs`, every time set to the epoch. Each step's output streams as
+//! progress. Downloaded packages are kept in `<cache>/debs`. The output is cached under
 //! `<cache>/rootfs/<hash>/rootfs.squashfs`, the hash covering the recipe version, suite,
 //! mirror, package list, agent binary and SOURCE_DATE_EPOCH. Same inputs (and the same
 //! mirror state) give a byte-identical image.
@@ -15,7 +19,7 @@ use std::time::Instant;
 use super::{cache_dir, io_err, mirror, run_logged, sha256_hex, write_file, ImageError, Progress};
 
 /// Bump when the recipe below changes, so cached images are rebuilt.
-const RECIPE_VERSION: &str = "vmctl-rootfs-2";
+const RECIPE_VERSION: &str = "vmctl-rootfs-3-mmdebstrap";
 /// Debian suite of the image.
 pub const SUITE: &str = "bookworm";
 /// Packages added to the minbase variant.
@@ -64,7 +68,8 @@ const TRIM: &[&str] = &[
     "etc/group-",
     "etc/subuid-",
     "etc/subgid-",
-    "dev",
+    // Not `dev`: mmdebstrap has device nodes mounted there while hooks run. Its tarball
+    // holds the standard nodes (the same in every mode); the agent mounts devtmpfs over them.
     "run",
     "tmp",
 ];
@@ -144,22 +149,20 @@ pub fn ensure(agent: &Path, progress: Progress<'_>) -> Result<Rootfs, ImageError
             hash,
         });
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err(ImageError::NeedRoot);
-    }
+    check_can_build()?;
     let staging = root.join(format!("staging-{hash}"));
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(io_err(format!("create {}", staging.display())))?;
     let debs = cache_dir().join("debs");
     std::fs::create_dir_all(&debs).map_err(io_err(format!("create {}", debs.display())))?;
     let start = Instant::now();
-    let result = build(&staging, &debs, &mirror, agent, epoch, progress).and_then(|()| {
+    let tarball = staging.join("rootfs.tar");
+    let result = build(&tarball, &debs, &mirror, agent, epoch, progress).and_then(|()| {
         let tmp_dir = root.join(format!("{hash}.tmp"));
         let _ = std::fs::remove_dir_all(&tmp_dir);
         std::fs::create_dir_all(&tmp_dir).map_err(io_err(format!("create {}", tmp_dir.display())))?;
-        progress("[rootfs] 5/5 mksquashfs (zstd)");
-        squash(&staging, &tmp_dir.join("rootfs.squashfs"), epoch, progress)?;
+        progress("[rootfs] 2/2 tar2sqfs (zstd)");
+        squash(&tarball, &tmp_dir.join("rootfs.squashfs"), epoch, progress)?;
         let manifest = format!(
             "recipe {RECIPE_VERSION}\nsuite {SUITE}\nmirror {mirror}\npackages {}\nagent {}\nsource_date_epoch {epoch}\n",
             PACKAGES.join(" "),
@@ -192,153 +195,138 @@ pub fn ensure(agent: &Path, progress: Progress<'_>) -> Result<Rootfs, ImageError
     Ok(Rootfs { image, size, hash })
 }
 
-fn chroot(dir: &Path, args: &[&str], progress: Progress<'_>) -> Result<(), ImageError> {
-    run_logged(
-        Command::new("chroot")
-            .arg(dir)
-            .args(args)
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-        "[rootfs]   ",
-        progress,
-    )
-    .map(|_| ())
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }
 
+/// A user builds in a user namespace: that needs `newuidmap` and subordinate ids.
+fn check_can_build() -> Result<(), ImageError> {
+    if !crate::host_tools::on_path("mmdebstrap") || !crate::host_tools::on_path("tar2sqfs") {
+        return Err(ImageError::Invalid(
+            "building the root image needs mmdebstrap and tar2sqfs: run `sudo ./scripts/install-deps.sh` \
+             (Debian packages mmdebstrap, squashfs-tools-ng, uidmap)"
+                .into(),
+        ));
+    }
+    if is_root() {
+        return Ok(());
+    }
+    let user = crate::host_tools::user_name().unwrap_or_default();
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() }.to_string();
+    let has = |file: &str| {
+        std::fs::read_to_string(file).is_ok_and(|t| {
+            t.lines()
+                .any(|l| l.split(':').next().is_some_and(|n| n == user || n == uid))
+        })
+    };
+    if !has("/etc/subuid") || !has("/etc/subgid") || !crate::host_tools::on_path("newuidmap") {
+        return Err(ImageError::NoSubordinateIds { user });
+    }
+    Ok(())
+}
+
+/// Bootstraps the image with mmdebstrap into the tarball `out`; every change to the tree is a
+/// hook, run inside mmdebstrap's namespace where the tree's owners are real.
 fn build(
-    dir: &Path,
+    out: &Path,
     debs: &Path,
     mirror: &str,
     agent: &Path,
     epoch: u64,
     progress: Progress<'_>,
 ) -> Result<(), ImageError> {
+    let mode = if is_root() { "root" } else { "unshare" };
     progress(&format!(
-        "[rootfs] 1/5 debootstrap {SUITE} minbase + {} from {mirror}",
+        "[rootfs] 1/2 mmdebstrap ({mode} mode) {SUITE} minbase + {} from {mirror}",
         PACKAGES.join(",")
     ));
-    run_logged(
-        Command::new("debootstrap")
-            .arg("--variant=minbase")
-            .arg(format!("--include={}", PACKAGES.join(",")))
-            .arg(format!("--cache-dir={}", debs.display()))
-            .args([SUITE, &dir.display().to_string(), mirror])
-            .env("SOURCE_DATE_EPOCH", epoch.to_string())
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .env("LC_ALL", "C"),
-        "[rootfs]   ",
-        progress,
-    )?;
-    progress("[rootfs] 2/5 configure: iptables-legacy");
-    chroot(
-        dir,
-        &[
-            "update-alternatives",
-            "--set",
-            "iptables",
-            "/usr/sbin/iptables-legacy",
-        ],
-        progress,
-    )?;
-    chroot(
-        dir,
-        &[
-            "update-alternatives",
-            "--set",
-            "ip6tables",
-            "/usr/sbin/ip6tables-legacy",
-        ],
-        progress,
-    )?;
-
-    progress("[rootfs] 3/5 install the guest agent as /sbin/init");
-    let init = dir.join("usr/sbin/init");
-    let _ = std::fs::remove_file(&init);
-    let stripped = Command::new("strip")
-        .arg("-o")
-        .arg(&init)
-        .arg(agent)
-        .status();
-    if !matches!(stripped, Ok(s) if s.success()) {
-        std::fs::copy(agent, &init).map_err(io_err(format!("copy agent to {}", init.display())))?;
+    let debs = debs.display().to_string();
+    let day = epoch / 86_400;
+    let trim: Vec<String> = TRIM.iter().map(|p| format!("\"$1\"/{p}")).collect();
+    let mounts: Vec<String> = MOUNT_POINTS.iter().map(|p| format!("\"$1\"/{p}")).collect();
+    let hooks: Vec<(&str, String)> = vec![
+        // Downloaded packages are kept between builds (an agent change rebuilds the image).
+        (
+            "--setup-hook",
+            "mkdir -p \"$1\"/var/cache/apt/archives/".into(),
+        ),
+        (
+            "--setup-hook",
+            format!("sync-in {debs} /var/cache/apt/archives/"),
+        ),
+        (
+            "--customize-hook",
+            format!("sync-out /var/cache/apt/archives {debs}"),
+        ),
+        (
+            "--customize-hook",
+            "chroot \"$1\" update-alternatives --set iptables /usr/sbin/iptables-legacy".into(),
+        ),
+        (
+            "--customize-hook",
+            "chroot \"$1\" update-alternatives --set ip6tables /usr/sbin/ip6tables-legacy".into(),
+        ),
+        ("--customize-hook", "rm -f \"$1\"/usr/sbin/init".into()),
+        (
+            "--customize-hook",
+            format!("upload {} /usr/sbin/init", agent.display()),
+        ),
+        ("--customize-hook", "chmod 0755 \"$1\"/usr/sbin/init".into()),
+        // Never across a mount point (mmdebstrap mounts /proc, /sys and device nodes).
+        (
+            "--customize-hook",
+            format!("rm -rf --one-file-system {}", trim.join(" ")),
+        ),
+        ("--customize-hook", format!("mkdir -p {}", mounts.join(" "))),
+        ("--customize-hook", "chmod 1777 \"$1\"/tmp".into()),
+        // /etc/shadow records the day each password was set: pin it to the epoch's day.
+        (
+            "--customize-hook",
+            format!("sed -i -E 's/^([^:]*:[^:]*:)[0-9]+:/\\1{day}:/' \"$1\"/etc/shadow"),
+        ),
+    ];
+    let mut cmd = Command::new("mmdebstrap");
+    cmd.arg(format!("--mode={mode}"))
+        .arg("--variant=minbase")
+        .arg(format!("--include={}", PACKAGES.join(",")))
+        // Merged /usr by directory symlinks, as debootstrap does, rather than the usrmerge
+        // package (which pulls in perl).
+        .arg("--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr")
+        .arg("--skip=download/empty")
+        // The trim hook removes the apt lists and cache and every log itself.
+        .arg("--skip=cleanup/apt,cleanup/reproducible");
+    for (flag, hook) in &hooks {
+        cmd.arg(format!("{flag}={hook}"));
     }
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755))
-        .map_err(io_err(format!("chmod {}", init.display())))?;
-
-    progress("[rootfs] 4/5 trim and normalise");
-    trim(dir, epoch)
+    cmd.args([SUITE, &out.display().to_string(), mirror])
+        .env("SOURCE_DATE_EPOCH", epoch.to_string())
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .env("LC_ALL", "C");
+    run_logged(&mut cmd, "[rootfs]   ", progress).map(|_| ())
 }
 
-/// Remove what the VM does not need and the files whose content depends on build time.
-fn trim(dir: &Path, epoch: u64) -> Result<(), ImageError> {
-    for rel in TRIM {
-        let p = dir.join(rel);
-        let r = if p.is_dir() && !p.is_symlink() {
-            std::fs::remove_dir_all(&p)
-        } else {
-            std::fs::remove_file(&p)
-        };
-        if let Err(e) = r {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                return Err(ImageError::Io(format!("remove {}", p.display()), e));
-            }
-        }
-    }
-    for rel in MOUNT_POINTS {
-        let p = dir.join(rel);
-        std::fs::create_dir_all(&p).map_err(io_err(format!("create {}", p.display())))?;
-    }
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(dir.join("tmp"), std::fs::Permissions::from_mode(0o1777));
-    // /etc/shadow records the day each password was set: pin it to the epoch's day.
-    let shadow = dir.join("etc/shadow");
-    if let Ok(text) = std::fs::read_to_string(&shadow) {
-        let day = (epoch / 86_400).to_string();
-        let fixed: String = text
-            .lines()
-            .map(|l| {
-                let mut f: Vec<&str> = l.split(':').collect();
-                if f.len() > 2 && !f[2].is_empty() {
-                    f[2] = &day;
-                }
-                f.join(":") + "\n"
-            })
-            .collect();
-        write_file(&shadow, fixed.as_bytes())?;
-    }
-    Ok(())
-}
-
-/// Pack `dir` as a reproducible zstd squashfs at `out`.
+/// Pack the tarball `tar` as a reproducible zstd squashfs at `out`: owners, modes and
+/// xattrs from the tarball, every time set to `epoch`.
 pub fn squash(
-    dir: &Path,
+    tar: &Path,
     out: &Path,
     epoch: u64,
     progress: Progress<'_>,
 ) -> Result<(), ImageError> {
     let _ = std::fs::remove_file(out);
-    run_logged(
-        Command::new("mksquashfs")
-            .arg(dir)
+    let input = std::fs::File::open(tar).map_err(io_err(format!("open {}", tar.display())))?;
+    super::run_logged_with_stdin(
+        Command::new("tar2sqfs")
+            .args(["--quiet", "--no-skip", "--force", "--no-keep-time"])
+            .args(["--compressor", "zstd", "--comp-extra", "level=15"])
+            .args(["--block-size", "1048576"])
+            .arg("--defaults")
+            .arg(format!("mtime={epoch}"))
             .arg(out)
-            .args([
-                "-noappend",
-                "-quiet",
-                "-no-progress",
-                "-comp",
-                "zstd",
-                "-Xcompression-level",
-                "15",
-                "-b",
-                "1M",
-            ])
-            .args([
-                "-mkfs-time",
-                &epoch.to_string(),
-                "-all-time",
-                &epoch.to_string(),
-            ])
-            .env_remove("SOURCE_DATE_EPOCH"),
+            .env("SOURCE_DATE_EPOCH", epoch.to_string()),
+        input.into(),
         "[rootfs]   ",
         progress,
     )
