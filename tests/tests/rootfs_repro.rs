@@ -65,7 +65,10 @@ fn test_squashfs_packing_is_byte_identical() {
         .expect("sqfs2tar");
     let listing = String::from_utf8_lossy(&listing.stdout);
     for f in ["etc/x", "usr/bin/y", "var/z"] {
-        assert!(listing.contains(f), "{f} missing from the image:\n{listing}");
+        assert!(
+            listing.contains(f),
+            "{f} missing from the image:\n{listing}"
+        );
     }
     assert!(da == db, "same tree, different bytes");
     vmctl::image::rootfs::squash(&a, &ia, 1_600_000_000, &quiet).expect("squash a again");
