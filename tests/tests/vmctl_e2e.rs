@@ -182,7 +182,40 @@ fn test_vmctl_start_docker_run_stop_restart_recover_delete() {
         exec_took.as_secs_f64(),
         t.elapsed().as_secs_f64()
     );
-    env.docker_ok(&["rm", "-f", "watcher"]);
+    // A host delete cannot raise IN_DELETE in the guest; the directory's watchers get its
+    // IN_ATTRIB instead, so a directory watcher rescans and sees the file gone.
+    env.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "dirwatcher",
+        "-v",
+        "/mnt/share:/data",
+        "e2e-busybox",
+        "/data/inotify-watch",
+        "/data/burst",
+    ]);
+    let dir_logs = || env.docker(&["logs", "dirwatcher"], STEP).stdout;
+    let t = Instant::now();
+    while !dir_logs().contains("WATCHING") {
+        assert!(t.elapsed() < Duration::from_secs(30), "{}", dir_logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::remove_file(burst.join("f0")).unwrap();
+    let t = Instant::now();
+    while !dir_logs().contains("EVENT") {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no event on the directory for a host delete\n{}",
+            env.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "host delete seen by a directory watcher in a container within {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    env.docker_ok(&["rm", "-f", "watcher", "dirwatcher"]);
 
     // usernet: host.docker.internal reaches the host's loopback.
     let port = host_http_server("hello from the host");

@@ -37,13 +37,16 @@ struct Backlog {
     files: Vec<String>,
     dirs: Vec<String>,
     queued: HashSet<String>,
-    root: bool,
+    /// Touch the share's root directory.
+    root_dir: bool,
+    /// Too much waited: the root's touch stands for everything below it.
+    overflow: bool,
     collapsed: u64,
 }
 
 impl Backlog {
     fn push(&mut self, path: String) {
-        if self.root || self.queued.contains(&path) {
+        if self.overflow || self.queued.contains(&path) {
             return;
         }
         self.queued.insert(path.clone());
@@ -88,26 +91,47 @@ impl Backlog {
                         self.dirs.push(dir);
                     }
                 }
-                None => self.root = true,
+                None => self.root_dir = true,
             }
         }
-        if self.dirs.len() > MAX_DIRS || self.root {
-            // The root's touch stands for everything below it.
-            self.root = true;
-            self.dirs.clear();
-            self.files.clear();
-            self.queued.clear();
+        if self.dirs.len() > MAX_DIRS {
+            self.overflow();
+        }
+    }
+
+    fn overflow(&mut self) {
+        self.overflow = true;
+        self.root_dir = true;
+        self.dirs.clear();
+        self.files.clear();
+        self.queued.clear();
+    }
+
+    /// Queues a directory's touch (`None`: the root).
+    fn push_dir(&mut self, dir: Option<String>) {
+        match dir {
+            _ if self.overflow => {}
+            None => self.root_dir = true,
+            Some(d) => {
+                if self.queued.insert(d.clone()) {
+                    self.dirs.push(d);
+                }
+                if self.dirs.len() > MAX_DIRS {
+                    self.overflow();
+                }
+            }
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.files.is_empty() && self.dirs.is_empty() && !self.root
+        self.files.is_empty() && self.dirs.is_empty() && !self.root_dir
     }
 
     /// Everything waiting (directories, then files; `None` is the root), leaving it empty.
     fn take(&mut self) -> Vec<Option<String>> {
         let mut out: Vec<Option<String>> = Vec::new();
-        if std::mem::take(&mut self.root) {
+        self.overflow = false;
+        if std::mem::take(&mut self.root_dir) {
             out.push(None);
         }
         out.extend(std::mem::take(&mut self.dirs).into_iter().map(Some));
@@ -171,15 +195,22 @@ fn read_until_closed<S: Duplex>(
             Err(e) if e.is_recoverable() => continue,
             Err(e) => return Err(e),
         };
-        if ev.check_path().is_err() || ev.kind == EventKind::Delete || ev.path.is_empty() {
+        if ev.check_path().is_err() || ev.path.is_empty() {
             continue;
         }
-        shared
-            .backlog
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .0
-            .push(ev.path);
+        {
+            let mut guard = shared.backlog.lock().unwrap_or_else(|e| e.into_inner());
+            let backlog = &mut guard.0;
+            // A file gone from the host cannot raise IN_DELETE here; its directory's
+            // IN_ATTRIB makes directory watchers (chokidar, watchdog) rescan and see it
+            // gone. A move touches the directory too: the event may be its old name.
+            if matches!(ev.kind, EventKind::Delete | EventKind::Move) {
+                backlog.push_dir(ev.path.rsplit_once('/').map(|(d, _)| d.to_string()));
+            }
+            if ev.kind != EventKind::Delete {
+                backlog.push(ev.path);
+            }
+        }
         shared.ready.notify_one();
     }
 }
@@ -353,6 +384,45 @@ mod tests {
         assert_eq!(b.take(), vec![None], "too many directories: the root");
         b.push("top.txt".into());
         assert_eq!(b.take(), vec![Some("top.txt".to_string())]);
+
+        // A delete at the top touches the root directory and drops nothing waiting.
+        b.push("later.txt".into());
+        b.push_dir(None);
+        assert_eq!(b.take(), vec![None, Some("later.txt".to_string())]);
+    }
+
+    /// A file deleted (or moved away) on the host: its directory gets IN_ATTRIB.
+    #[test]
+    fn test_replay_of_a_delete_touches_the_directory() {
+        let share = tempfile::tempdir().unwrap();
+        std::fs::create_dir(share.path().join("src")).unwrap();
+        let mut ino = inotify::Inotify::init().unwrap();
+        let dir_wd = ino
+            .watches()
+            .add(share.path().join("src"), inotify::WatchMask::ATTRIB)
+            .unwrap();
+        let (mut host, agent) = UnixStream::pair().unwrap();
+        let root = share.path().to_str().unwrap().to_string();
+        let t = std::thread::spawn(move || {
+            let reader = FrameReader::new(agent.try_clone().unwrap());
+            replay(reader, agent, &root)
+        });
+        let mut r = FrameReader::new(host.try_clone().unwrap());
+        assert_eq!(r.expect::<Response>().unwrap(), Response::Ok);
+        host.write_all(b"{\"kind\":\"delete\",\"path\":\"src/gone.js\"}\n")
+            .unwrap();
+        drop(host);
+        drop(r);
+        t.join().unwrap().unwrap();
+        let mut buf = [0u8; 4096];
+        let fd = ino.as_raw_fd();
+        // SAFETY: a valid inotify fd; O_NONBLOCK only changes how reads wait.
+        unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) };
+        let seen: Vec<_> = ino
+            .read_events(&mut buf)
+            .map(|evs| evs.map(|e| e.wd).collect())
+            .unwrap_or_default();
+        assert!(seen.contains(&dir_wd), "no IN_ATTRIB on the directory");
     }
 
     /// A 10k-file burst replayed for real: the directory's watcher hears of it, and a file
