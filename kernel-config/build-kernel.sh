@@ -80,12 +80,26 @@ done < <(cat "${fragments[@]}")
 
 "$here/check-config.sh" .config >&2
 
-log "compiling bzImage with -j$jobs (progress every 500 objects)"
+# Progress with a percentage and an ETA: the total is the object count of the last build
+# here (2400 for our config on the first one), so the estimate holds for this config.
+count_file="$cache_root/.objects-$arch"
+total=$(cat "$count_file" 2>/dev/null || echo 2400)
+log "compiling bzImage with -j$jobs (~$total objects, progress every 100)"
 start=$(date +%s)
-make ARCH="$karch" -j"$jobs" "$(basename "$image")" 2>&1 | awk -v s="$start" '
-  /^  CC / { n++; if (n % 500 == 0) { printf "[kernel] %d objects compiled, %ds\n", n, systime() - s > "/dev/stderr"; fflush("/dev/stderr") } }
-  /error|Error/ { print > "/dev/stderr" }'
+make ARCH="$karch" -j"$jobs" "$(basename "$image")" 2>&1 | awk -v s="$start" -v total="$total" -v count_file="$count_file.new" '
+  /^  CC / {
+    n++
+    if (n % 100 == 0) {
+      t = systime() - s; pct = int(n * 100 / total); if (pct > 99) pct = 99
+      left = (n < total) ? int(t * (total - n) / n) : 0
+      printf "[kernel] %d/~%d objects (%d%%), %ds, about %ds left\n", n, total, pct, t, left > "/dev/stderr"
+      fflush("/dev/stderr")
+    }
+  }
+  /error|Error/ { print > "/dev/stderr" }
+  END { if (n > 0) print n > count_file }'
 [ "${PIPESTATUS[0]}" = 0 ] || { log "make failed"; exit 1; }
+mv -f "$count_file.new" "$count_file" 2>/dev/null || true
 [ -s "$image" ] || { log "make produced no $image"; exit 1; }
 
 mkdir -p "$out.tmp"
