@@ -96,7 +96,7 @@ make ARCH="$karch" -j"$jobs" "$(basename "$image")" 2>&1 | awk -v s="$start" -v 
       fflush("/dev/stderr")
     }
   }
-  /error|Error/ { print > "/dev/stderr" }
+  /: error:|: fatal error:|\*\*\*|Error [0-9]/ { print > "/dev/stderr" }
   END { if (n > 0) print n > count_file }'
 [ "${PIPESTATUS[0]}" = 0 ] || { log "make failed"; exit 1; }
 mv -f "$count_file.new" "$count_file" 2>/dev/null || true
