@@ -10,6 +10,7 @@
 //! - [`vsock`]: the hybrid-vsock `CONNECT` handshake into the guest, blocking and async.
 //! - `fuse_mount` (Linux): the host side of `vmctl mount`, a FUSE mount served over a stream.
 //! - `host_tools`: which tools are on `$PATH`, the user's name.
+//! - `progress`: what long operations print while they run (one updating line on a terminal).
 
 #[cfg(unix)]
 pub mod agent;
@@ -24,6 +25,8 @@ pub mod image;
 pub mod instance;
 #[cfg(unix)]
 pub mod logview;
+#[cfg(unix)]
+pub mod progress;
 #[cfg(unix)]
 pub mod supervisor;
 #[cfg(unix)]

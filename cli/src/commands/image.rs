@@ -39,7 +39,8 @@ pub(super) fn agent_path(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 pub fn run(cmd: ImageCommand) -> anyhow::Result<()> {
-    let progress = |msg: &str| eprintln!("{msg}");
+    let shown = vmctl::progress::Progress::new(false);
+    let progress = |msg: &str| shown.line(msg);
     match cmd {
         ImageCommand::Kernel => {
             let k = kernel::ensure(&progress)?;

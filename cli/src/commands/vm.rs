@@ -36,6 +36,9 @@ pub struct StartArgs {
     /// The static guest agent to put in the root image (default: the musl build).
     #[arg(long)]
     agent: Option<PathBuf>,
+    /// Print milestones only, not the progress of each step.
+    #[arg(long, short)]
+    quiet: bool,
 }
 
 impl StartArgs {
@@ -109,8 +112,10 @@ fn guest_assets(
     kernel: Option<PathBuf>,
     rootfs: Option<PathBuf>,
     agent: Option<PathBuf>,
+    quiet: bool,
 ) -> anyhow::Result<Assets> {
-    let progress = |msg: &str| eprintln!("      {msg}");
+    let shown = vmctl::progress::Progress::new(quiet);
+    let progress = |msg: &str| shown.line(&format!("      {msg}"));
     step(1, total, "guest kernel");
     let kernel = match kernel {
         Some(k) => k,
@@ -180,7 +185,7 @@ pub fn start(name: &NameArg, a: StartArgs) -> anyhow::Result<()> {
     eprintln!("vmctl: engine {} ({why})", engine.as_str());
 
     let total = 4;
-    let assets = guest_assets(total, kernel_given, rootfs_given, a.agent)?;
+    let assets = guest_assets(total, kernel_given, rootfs_given, a.agent, a.quiet)?;
 
     step(
         3,
