@@ -1,7 +1,8 @@
 //! What a long operation prints while it runs (building the kernel and the root image,
 //! booting): on a terminal, the chatter of a step (compile counts, package lines) rewrites
 //! one line in place while milestones stay; piped, every line as it comes; `--quiet`, the
-//! milestones only.
+//! milestones only; `--json`, one JSON object per line on stdout for scripts
+//! (`{"event":"step"|"progress"|"ready", ...}`).
 
 use std::cell::Cell;
 use std::io::Write;
@@ -9,6 +10,7 @@ use std::io::Write;
 pub struct Progress {
     tty: bool,
     quiet: bool,
+    json: bool,
     /// A chatter line is on screen without its newline.
     open: Cell<bool>,
 }
@@ -31,13 +33,31 @@ fn fit(msg: &str, width: usize) -> &str {
 }
 
 impl Progress {
-    pub fn new(quiet: bool) -> Self {
+    pub fn new(quiet: bool, json: bool) -> Self {
         let dumb = std::env::var("TERM").is_ok_and(|t| t == "dumb");
         Progress {
             tty: crate::terminal::is_tty(2) && !dumb,
             quiet,
+            json,
             open: Cell::new(false),
         }
+    }
+
+    /// Whether lines go out as JSON on stdout.
+    pub fn is_json(&self) -> bool {
+        self.json
+    }
+
+    /// One JSON line on stdout: `{"event": event, ...fields}`.
+    pub fn event(&self, event: &str, fields: serde_json::Value) {
+        let mut obj = serde_json::Map::new();
+        obj.insert("event".into(), event.into());
+        if let serde_json::Value::Object(m) = fields {
+            obj.extend(m);
+        }
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", serde_json::Value::Object(obj));
+        let _ = out.flush();
     }
 
     /// One line from a step: chatter or milestone, see the module comment.
@@ -51,6 +71,10 @@ impl Progress {
 
     /// A line that stays.
     pub fn milestone(&self, msg: &str) {
+        if self.json {
+            self.event("step", serde_json::json!({ "message": msg.trim() }));
+            return;
+        }
         self.close();
         if !self.quiet {
             eprintln!("{msg}");
@@ -58,6 +82,10 @@ impl Progress {
     }
 
     fn chatter(&self, msg: &str) {
+        if self.json {
+            self.event("progress", serde_json::json!({ "message": msg.trim() }));
+            return;
+        }
         if self.quiet {
             return;
         }

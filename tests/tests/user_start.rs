@@ -170,7 +170,8 @@ fn test_main_job_as_an_ordinary_user_builds_the_image_and_runs_docker() {
     };
     let _ = u.vmctl(&["stop", "--force"]);
     let started = std::time::Instant::now();
-    let out = u.vmctl(&["start", "--cpus", "2", "--memory", "2GiB"]);
+    // --json: what a script gets — one event per line on stdout, `ready` last.
+    let out = u.vmctl(&["start", "--cpus", "2", "--memory", "2GiB", "--json"]);
     assert!(out.ok(), "vmctl start as {user}: {out:?}");
     eprintln!(
         "vmctl start as {user} (uid {}), root image built as that user if not cached: {:.0} s",
@@ -186,15 +187,22 @@ fn test_main_job_as_an_ordinary_user_builds_the_image_and_runs_docker() {
         eprintln!("  {line}");
     }
 
-    // Every process of the instance is the user's.
-    let status = u.vmctl_ok(&["status", "--json"]);
-    // "docker_socket": "<path>" (the demo reads it the same way).
-    let sock = status
-        .split("\"docker_socket\": \"")
+    let events: Vec<&str> = out.stdout.lines().collect();
+    assert!(
+        events.iter().any(|l| l.contains("\"event\":\"step\"")),
+        "no step events on stdout: {}",
+        out.stdout
+    );
+    let ready = events.last().copied().unwrap_or_default();
+    assert!(ready.contains("\"event\":\"ready\""), "last line: {ready}");
+    let sock = ready
+        .split("\"docker_host\":\"unix://")
         .nth(1)
         .and_then(|rest| rest.split('"').next())
-        .unwrap_or_else(|| panic!("no docker_socket in {status}"))
+        .unwrap_or_else(|| panic!("no docker_host in {ready}"))
         .to_string();
+
+    // Every process of the instance is the user's.
     let procs = vmctl_tests::proc::processes_mentioning("user-e2e");
     assert!(!procs.is_empty(), "no process of the instance found");
     for p in &procs {

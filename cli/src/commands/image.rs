@@ -39,7 +39,7 @@ pub(super) fn agent_path(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 pub fn run(cmd: ImageCommand) -> anyhow::Result<()> {
-    let shown = vmctl::progress::Progress::new(false);
+    let shown = vmctl::progress::Progress::new(false, false);
     let progress = |msg: &str| shown.line(msg);
     match cmd {
         ImageCommand::Kernel => {

@@ -12,6 +12,7 @@ use vmctl::instance::{self, Instance, Phase};
 use vmctl::supervisor::{self, control, Assets};
 
 use super::args::NameArg;
+use vmctl::progress::Progress;
 
 #[derive(Debug, Args)]
 pub struct StartArgs {
@@ -39,6 +40,9 @@ pub struct StartArgs {
     /// Print milestones only, not the progress of each step.
     #[arg(long, short)]
     quiet: bool,
+    /// Progress as JSON lines on stdout (`{"event":"step"|"progress"|"ready",...}`).
+    #[arg(long)]
+    json: bool,
 }
 
 impl StartArgs {
@@ -92,8 +96,21 @@ fn given_asset(var: &str) -> anyhow::Result<Option<PathBuf>> {
     }
 }
 
-fn step(n: u32, total: u32, msg: &str) {
-    eprintln!("[{n}/{total}] {msg}");
+fn step(shown: &Progress, n: u32, total: u32, msg: &str) {
+    shown.milestone(&format!("[{n}/{total}] {msg}"));
+}
+
+/// The last line of a start: `DOCKER_HOST=…` for shells, or the `ready` event.
+fn ready(shown: &Progress, inst: &Instance, seconds: f64) {
+    let host = format!("unix://{}", inst.docker_sock().display());
+    if shown.is_json() {
+        shown.event(
+            "ready",
+            serde_json::json!({ "docker_host": host, "seconds": seconds }),
+        );
+    } else {
+        println!("DOCKER_HOST={host}");
+    }
 }
 
 fn ping(sock: &std::path::Path) -> bool {
@@ -112,16 +129,15 @@ fn guest_assets(
     kernel: Option<PathBuf>,
     rootfs: Option<PathBuf>,
     agent: Option<PathBuf>,
-    quiet: bool,
+    shown: &Progress,
 ) -> anyhow::Result<Assets> {
-    let shown = vmctl::progress::Progress::new(quiet);
     let progress = |msg: &str| shown.line(&format!("      {msg}"));
-    step(1, total, "guest kernel");
+    step(shown, 1, total, "guest kernel");
     let kernel = match kernel {
         Some(k) => k,
         None => kernel::ensure(&progress)?.bzimage,
     };
-    step(2, total, "root image");
+    step(shown, 2, total, "root image");
     let rootfs = match rootfs {
         Some(r) => r,
         None => rootfs::ensure(&super::image::agent_path(agent)?, &progress)?.image,
@@ -131,6 +147,7 @@ fn guest_assets(
 
 pub fn start(name: &NameArg, a: StartArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
+    let shown = Progress::new(a.quiet, a.json);
     // Check all input before writing anything: flags, the file, the host's side of both.
     let inst = Instance::new(&name.name)?;
     let flags = a.settings()?;
@@ -161,7 +178,7 @@ pub fn start(name: &NameArg, a: StartArgs) -> anyhow::Result<()> {
         }
         if ping(&inst.docker_sock()) {
             eprintln!("vmctl: instance {} is already running", inst.name);
-            println!("DOCKER_HOST=unix://{}", inst.docker_sock().display());
+            ready(&shown, &inst, t0.elapsed().as_secs_f64());
             return Ok(());
         }
         bail!(
@@ -185,9 +202,10 @@ pub fn start(name: &NameArg, a: StartArgs) -> anyhow::Result<()> {
     eprintln!("vmctl: engine {} ({why})", engine.as_str());
 
     let total = 4;
-    let assets = guest_assets(total, kernel_given, rootfs_given, a.agent, a.quiet)?;
+    let assets = guest_assets(total, kernel_given, rootfs_given, a.agent, &shown)?;
 
     step(
+        &shown,
         3,
         total,
         &format!(
@@ -208,7 +226,7 @@ pub fn start(name: &NameArg, a: StartArgs) -> anyhow::Result<()> {
         let state = inst.read_state().ok().flatten();
         if let Some(s) = &state {
             if s.supervisor_pid == pid && s.message != last {
-                eprintln!("      {}", s.message);
+                shown.milestone(&format!("      {}", s.message));
                 last = s.message.clone();
             }
             if s.supervisor_pid == pid && s.phase == Phase::Failed {
@@ -231,6 +249,7 @@ pub fn start(name: &NameArg, a: StartArgs) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
     step(
+        &shown,
         4,
         total,
         &format!("Docker is ready ({:.1} s)", t0.elapsed().as_secs_f64()),
@@ -242,7 +261,7 @@ pub fn start(name: &NameArg, a: StartArgs) -> anyhow::Result<()> {
         Ok(()) => eprintln!("vmctl: docker context 'vmctl' points at the VM (`docker --context vmctl ...`, or `vmctl docker-context --use`)"),
         Err(e) => eprintln!("vmctl: note: could not set up the docker context: {e:#}"),
     }
-    println!("DOCKER_HOST=unix://{}", inst.docker_sock().display());
+    ready(&shown, &inst, t0.elapsed().as_secs_f64());
     Ok(())
 }
 
