@@ -305,6 +305,40 @@ mod tests {
     use std::os::unix::fs::symlink;
     use std::os::unix::net::UnixStream;
 
+    /// Runs `replay` on the share `root` over a socket pair, feeds it `lines` (each ending
+    /// in a newline) and waits until it has replayed them all.
+    fn replay_lines(root: &Path, lines: &str) {
+        let (mut host, agent) = UnixStream::pair().unwrap();
+        let root = root.to_str().unwrap().to_string();
+        let t = std::thread::spawn(move || {
+            let reader = FrameReader::new(agent.try_clone().unwrap());
+            replay(reader, agent, &root)
+        });
+        let mut r = FrameReader::new(host.try_clone().unwrap());
+        assert_eq!(r.expect::<Response>().unwrap(), Response::Ok);
+        host.write_all(lines.as_bytes()).unwrap();
+        drop(host);
+        drop(r);
+        t.join().unwrap().unwrap();
+    }
+
+    /// The watch of every event queued on `ino`, read without waiting.
+    fn queued_watches(ino: &mut inotify::Inotify) -> Vec<inotify::WatchDescriptor> {
+        let fd = ino.as_raw_fd();
+        // SAFETY: a valid inotify fd; O_NONBLOCK only changes how reads wait.
+        unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) };
+        let mut buf = [0u8; 65536];
+        let mut seen = Vec::new();
+        while let Ok(events) = ino.read_events(&mut buf) {
+            let before = seen.len();
+            seen.extend(events.map(|e| e.wd));
+            if seen.len() == before {
+                break;
+            }
+        }
+        seen
+    }
+
     /// Watched files get IN_ATTRIB from a replay; a symlink out of the root is not followed.
     #[test]
     fn test_replay_raises_attrib_and_stays_beneath_the_root() {
@@ -323,38 +357,15 @@ mod tests {
             .add(outside.path().join("secret"), inotify::WatchMask::ATTRIB)
             .unwrap();
 
-        let (mut host, agent) = UnixStream::pair().unwrap();
-        let root = share.path().to_str().unwrap().to_string();
-        let t = std::thread::spawn(move || {
-            let reader = FrameReader::new(agent.try_clone().unwrap());
-            replay(reader, agent, &root)
-        });
-        let mut r = FrameReader::new(host.try_clone().unwrap());
-        assert_eq!(r.expect::<Response>().unwrap(), Response::Ok);
-        for line in [
+        let lines = [
             r#"{"kind":"modify","path":"out/secret"}"#,
             r#"{"kind":"modify","path":"../x"}"#,
             "garbage",
             r#"{"kind":"modify","path":"src/a.txt"}"#,
-        ] {
-            host.write_all(line.as_bytes()).unwrap();
-            host.write_all(b"\n").unwrap();
-        }
-        drop(host);
-        drop(r);
-        t.join().unwrap().unwrap();
-
-        let mut buf = [0u8; 4096];
-        let mut seen = Vec::new();
-        // Non-blocking read of what is queued: exactly the file inside the share.
-        let fd = ino.as_raw_fd();
-        // SAFETY: a valid inotify fd; O_NONBLOCK only changes how reads wait.
-        unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) };
-        if let Ok(events) = ino.read_events(&mut buf) {
-            for e in events {
-                seen.push(e.wd);
-            }
-        }
+        ];
+        replay_lines(share.path(), &(lines.join("\n") + "\n"));
+        // Exactly the file inside the share.
+        let seen = queued_watches(&mut ino);
         assert_eq!(seen.len(), 1, "one IN_ATTRIB, for src/a.txt only");
     }
 
@@ -401,27 +412,11 @@ mod tests {
             .watches()
             .add(share.path().join("src"), inotify::WatchMask::ATTRIB)
             .unwrap();
-        let (mut host, agent) = UnixStream::pair().unwrap();
-        let root = share.path().to_str().unwrap().to_string();
-        let t = std::thread::spawn(move || {
-            let reader = FrameReader::new(agent.try_clone().unwrap());
-            replay(reader, agent, &root)
-        });
-        let mut r = FrameReader::new(host.try_clone().unwrap());
-        assert_eq!(r.expect::<Response>().unwrap(), Response::Ok);
-        host.write_all(b"{\"kind\":\"delete\",\"path\":\"src/gone.js\"}\n")
-            .unwrap();
-        drop(host);
-        drop(r);
-        t.join().unwrap().unwrap();
-        let mut buf = [0u8; 4096];
-        let fd = ino.as_raw_fd();
-        // SAFETY: a valid inotify fd; O_NONBLOCK only changes how reads wait.
-        unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) };
-        let seen: Vec<_> = ino
-            .read_events(&mut buf)
-            .map(|evs| evs.map(|e| e.wd).collect())
-            .unwrap_or_default();
+        replay_lines(
+            share.path(),
+            "{\"kind\":\"delete\",\"path\":\"src/gone.js\"}\n",
+        );
+        let seen = queued_watches(&mut ino);
         assert!(seen.contains(&dir_wd), "no IN_ATTRIB on the directory");
     }
 
@@ -445,14 +440,6 @@ mod tests {
             .add(share.path().join("later.txt"), inotify::WatchMask::ATTRIB)
             .unwrap();
 
-        let (mut host, agent) = UnixStream::pair().unwrap();
-        let root = share.path().to_str().unwrap().to_string();
-        let t = std::thread::spawn(move || {
-            let reader = FrameReader::new(agent.try_clone().unwrap());
-            replay(reader, agent, &root)
-        });
-        let mut r = FrameReader::new(host.try_clone().unwrap());
-        assert_eq!(r.expect::<Response>().unwrap(), Response::Ok);
         let mut lines = String::new();
         for i in 0..10_000 {
             lines.push_str(&format!(
@@ -460,23 +447,8 @@ mod tests {
             ));
         }
         lines.push_str("{\"kind\":\"modify\",\"path\":\"later.txt\"}\n");
-        host.write_all(lines.as_bytes()).unwrap();
-        drop(host);
-        drop(r);
-        t.join().unwrap().unwrap();
-
-        let mut buf = [0u8; 65536];
-        let fd = ino.as_raw_fd();
-        // SAFETY: a valid inotify fd; O_NONBLOCK only changes how reads wait.
-        unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) };
-        let mut seen = Vec::new();
-        while let Ok(events) = ino.read_events(&mut buf) {
-            let before = seen.len();
-            seen.extend(events.map(|e| e.wd));
-            if seen.len() == before {
-                break;
-            }
-        }
+        replay_lines(share.path(), &lines);
+        let seen = queued_watches(&mut ino);
         // How many of the 10k were touched one by one depends on how far the toucher fell
         // behind here (the bound itself is the backlog test's); that the directory's watcher
         // heard of the burst and the later file got its own event does not.
