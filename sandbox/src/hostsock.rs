@@ -94,9 +94,10 @@ fn private_dir(dir: &Path, name: &std::ffi::OsStr) -> io::Result<PathBuf> {
     Err(io::Error::from(io::ErrorKind::AlreadyExists))
 }
 
-/// The uid of the process at the other end of a connected unix socket.
+/// The credentials (pid, uid, gid) of the process at the other end of a connected unix
+/// socket, as the kernel recorded them at connect time.
 #[cfg(target_os = "linux")]
-pub fn peer_uid(fd: BorrowedFd<'_>) -> io::Result<u32> {
+pub fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<libc::ucred> {
     let mut cred = libc::ucred {
         pid: 0,
         uid: 0,
@@ -117,7 +118,13 @@ pub fn peer_uid(fd: BorrowedFd<'_>) -> io::Result<u32> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(cred.uid)
+    Ok(cred)
+}
+
+/// The uid of the process at the other end of a connected unix socket.
+#[cfg(target_os = "linux")]
+pub fn peer_uid(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    peer_cred(fd).map(|c| c.uid)
 }
 
 /// The uid of the process at the other end of a connected unix socket.

@@ -158,24 +158,9 @@ fn test_vsock_guest_streams_both_ways_and_rst_when_nothing_listens() {
 
 /// `/proc/PID/status` of the process at the other end of a unix socket (SO_PEERCRED).
 fn peer_status(s: &std::os::unix::net::UnixStream) -> Option<String> {
-    use std::os::fd::AsRawFd;
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: getsockopt with a valid fd and an out buffer of the stated length.
-    let rc = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 || cred.pid <= 0 {
+    use std::os::fd::AsFd;
+    let cred = vmm::hostsock::peer_cred(s.as_fd()).ok()?;
+    if cred.pid <= 0 {
         return None;
     }
     std::fs::read_to_string(format!("/proc/{}/status", cred.pid)).ok()
