@@ -61,42 +61,17 @@ mod linux {
     }
 }
 
+// The integration tests' request builder and RNG, shared rather than copied.
+#[cfg(all(test, target_os = "linux"))]
+#[path = "../tests/common/wire.rs"]
+mod wire;
+
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use std::fs;
 
+    use super::wire::{fuse_request, Rng};
     use super::FuzzTarget;
-
-    /// xorshift64: deterministic input mutation.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n.max(1)
-        }
-    }
-
-    /// One raw request as `/dev/fuse` delivers it: in-header, then `body`.
-    fn fuse_request(opcode: u32, unique: u64, nodeid: u64, body: &[u8]) -> Vec<u8> {
-        let len = (crate::transport::stream::IN_HEADER_LEN + body.len()) as u32;
-        let mut v = Vec::with_capacity(len as usize);
-        v.extend_from_slice(&len.to_ne_bytes());
-        v.extend_from_slice(&opcode.to_ne_bytes());
-        v.extend_from_slice(&unique.to_ne_bytes());
-        v.extend_from_slice(&nodeid.to_ne_bytes());
-        for x in [0u32, 0, 1, 0] {
-            v.extend_from_slice(&x.to_ne_bytes());
-        }
-        v.extend_from_slice(body);
-        v
-    }
 
     /// A well-formed request (unique 7) plus `body`.
     fn request(opcode: u32, nodeid: u64, body: &[u8]) -> Vec<u8> {

@@ -56,6 +56,10 @@
 //! Linux-only calls live in `sys::linux`; the rest (`config`, `inode_table`, `handle_table`,
 //! `name`) is platform-neutral so a macOS passthrough can be added as `sys::macos`.
 
+// `tests/common/wire.rs` names the crate `fs_share`; the fuzz smoke test includes it.
+#[cfg(test)]
+extern crate self as fs_share;
+
 pub mod config;
 pub mod events;
 // Fuzz entry point: for this crate's tests and `fuzz/` (cargo-fuzz builds with `--cfg

@@ -7,6 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod wire;
+// Not every test binary uses both.
+#[allow(unused_imports)]
+pub use wire::{fuse_request, Rng};
+
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_fs-share"))
 }
@@ -343,38 +348,6 @@ pub fn example(name: &str) -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let p = exe.parent()?.parent()?.join("examples").join(name);
     p.exists().then_some(p)
-}
-
-/// Deterministic xorshift for the fuzz smoke tests, so failures reproduce.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-/// A raw FUSE request as a kernel writes it: `fuse_in_header` (len, opcode, unique, nodeid,
-/// uid 0, gid 0, pid 1, padding; native byte order) followed by `body`.
-pub fn fuse_request(opcode: u32, unique: u64, nodeid: u64, body: &[u8]) -> Vec<u8> {
-    let len = (fs_share::transport::stream::IN_HEADER_LEN + body.len()) as u32;
-    let mut v = Vec::with_capacity(len as usize);
-    v.extend_from_slice(&len.to_ne_bytes());
-    v.extend_from_slice(&opcode.to_ne_bytes());
-    v.extend_from_slice(&unique.to_ne_bytes());
-    v.extend_from_slice(&nodeid.to_ne_bytes());
-    for x in [0u32, 0, 1, 0] {
-        v.extend_from_slice(&x.to_ne_bytes());
-    }
-    v.extend_from_slice(body);
-    v
 }
 
 /// A raw FUSE session over `transport::stream` on a socket pair: the test is the client (a
