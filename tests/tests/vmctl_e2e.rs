@@ -16,6 +16,32 @@ use vmctl_tests::cli_env::{
 use vmctl_tests::proc::wait_with_timeout;
 use vmctl_tests::{assets_or_skip, have, skip};
 
+/// Starts container `name` running the static inotify watcher on `path` (the share is at
+/// /data) and waits until it watches.
+fn start_watcher(env: &Env, name: &str, path: &str) {
+    env.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        name,
+        "-v",
+        "/mnt/share:/data",
+        "e2e-busybox",
+        "/data/inotify-watch",
+        path,
+    ]);
+    let logs = || env.docker(&["logs", name], STEP).stdout;
+    let t = Instant::now();
+    while !logs().contains("WATCHING") {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{name} did not start: {}",
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn test_vmctl_start_docker_run_stop_restart_recover_delete() {
     if !vmctl_tests::is_root() {
@@ -107,27 +133,8 @@ fn test_vmctl_start_docker_run_stop_restart_recover_delete() {
     // host's write (fs-share's inotify on the host, replayed in the guest by the agent).
     std::fs::write(share.join("watched.txt"), "v1").unwrap();
     vmctl_tests::build_static_program("inotify_watch", &share).unwrap();
-    env.docker_ok(&[
-        "run",
-        "-d",
-        "--name",
-        "watcher",
-        "-v",
-        "/mnt/share:/data",
-        "e2e-busybox",
-        "/data/inotify-watch",
-        "/data/watched.txt",
-    ]);
+    start_watcher(&env, "watcher", "/data/watched.txt");
     let logs = || env.docker(&["logs", "watcher"], STEP).stdout;
-    let t = Instant::now();
-    while !logs().contains("WATCHING") {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "watcher did not start: {}",
-            logs()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
     assert!(
         !logs().contains("EVENT"),
         "an event before the write: {}",
@@ -184,23 +191,8 @@ fn test_vmctl_start_docker_run_stop_restart_recover_delete() {
     );
     // A host delete cannot raise IN_DELETE in the guest; the directory's watchers get its
     // IN_ATTRIB instead, so a directory watcher rescans and sees the file gone.
-    env.docker_ok(&[
-        "run",
-        "-d",
-        "--name",
-        "dirwatcher",
-        "-v",
-        "/mnt/share:/data",
-        "e2e-busybox",
-        "/data/inotify-watch",
-        "/data/burst",
-    ]);
+    start_watcher(&env, "dirwatcher", "/data/burst");
     let dir_logs = || env.docker(&["logs", "dirwatcher"], STEP).stdout;
-    let t = Instant::now();
-    while !dir_logs().contains("WATCHING") {
-        assert!(t.elapsed() < Duration::from_secs(30), "{}", dir_logs());
-        std::thread::sleep(Duration::from_millis(100));
-    }
     std::fs::remove_file(burst.join("f0")).unwrap();
     let t = Instant::now();
     while !dir_logs().contains("EVENT") {
