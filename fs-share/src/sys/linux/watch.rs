@@ -115,8 +115,9 @@ impl Watcher {
                 continue;
             };
             // A write raises CREATE, MODIFY and CLOSE_WRITE for one path: the guest needs one
-            // event per path and batch, until a delete makes the next one news again.
-            if kind == EventKind::Delete {
+            // event per path and batch. Deletes and moves always go out (the guest touches
+            // the directory for them) and make the next event for the path news again.
+            if matches!(kind, EventKind::Delete | EventKind::Move) {
                 seen.remove(&path);
             } else if !seen.insert(path.clone()) {
                 continue;
