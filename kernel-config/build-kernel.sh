@@ -13,7 +13,7 @@
 # Written as a script rather than Rust because it is a straight sequence of the kernel's
 # own make targets; `vmctl image build` calls it and parses the last line.
 set -euo pipefail
-RECIPE=1
+RECIPE=2
 
 arch="${1:-x86_64}"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -25,11 +25,11 @@ log() { printf '[kernel %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
 [ -f "$src_tar" ] || { echo "error: no /usr/src/linux-source-*.tar.xz (apt-get install linux-source-6.1)" >&2; exit 1; }
 case "$arch" in
-  x86_64) karch=x86_64; defconfig=x86_64_defconfig; image=arch/x86/boot/bzImage ;;
+  x86_64) karch=x86_64; image=arch/x86/boot/bzImage ;;
   *) echo "error: building a $arch kernel is not supported on this host" >&2; exit 1 ;;
 esac
 
-fragments=("$here/common/base.config" "$here/$arch/guest.config")
+fragments=("$here/common/core.config" "$here/common/base.config" "$here/$arch/guest.config")
 # Hash of everything that determines the output: tarball identity (name, size, mtime is
 # not stable across installs, so its content hash), fragments and this script.
 tar_sum_file="$cache_root/.tarsum-$(basename "$src_tar")-$(stat -c %s "$src_tar")"
@@ -62,8 +62,10 @@ export KBUILD_BUILD_USER=vmctl KBUILD_BUILD_HOST=vmctl KBUILD_BUILD_VERSION=1
 export KBUILD_BUILD_TIMESTAMP="${SOURCE_DATE_EPOCH:+@$SOURCE_DATE_EPOCH}"
 [ -n "$KBUILD_BUILD_TIMESTAMP" ] || export KBUILD_BUILD_TIMESTAMP="1970-01-01"
 
-log "configuring: $defconfig + ${fragments[*]##*/kernel-config/}"
-make -s ARCH="$karch" "$defconfig" >&2
+# LinuxKit-style lean kernel: start from nothing (allnoconfig) and turn on only what the
+# fragments ask for; their dependencies come with their defaults (olddefconfig).
+log "configuring: allnoconfig + ${fragments[*]##*/kernel-config/}"
+make -s ARCH="$karch" allnoconfig >&2
 scripts/kconfig/merge_config.sh -m .config "${fragments[@]}" >/dev/null
 make -s ARCH="$karch" olddefconfig >&2
 
@@ -82,7 +84,7 @@ done < <(cat "${fragments[@]}")
 
 # Progress with a percentage and an ETA: the total is the object count of the last build
 # here (2400 for our config on the first one), so the estimate holds for this config.
-count_file="$cache_root/.objects-$arch"
+count_file="$cache_root/.objects-$arch-r$RECIPE"
 total=$(cat "$count_file" 2>/dev/null || echo 2400)
 log "compiling bzImage with -j$jobs (~$total objects, progress every 100)"
 start=$(date +%s)

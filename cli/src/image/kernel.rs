@@ -25,6 +25,11 @@ const FILES: &[(&str, &str, bool)] = &[
         false,
     ),
     (
+        "common/core.config",
+        include_str!("../../../kernel-config/common/core.config"),
+        false,
+    ),
+    (
         "common/base.config",
         include_str!("../../../kernel-config/common/base.config"),
         false,
