@@ -114,8 +114,8 @@ pub fn read_message<R: Read + ?Sized>(
 pub const WORKERS: usize = 1;
 
 /// Serves `fs` over a stream: reads requests from `input` until it ends, writes each reply
-/// whole to `output`. Returns `Ok` when the peer closes the stream between messages, an
-/// error for anything else.
+/// whole to `output`. Returns `Ok` when the peer closes the stream between messages or
+/// while a reply is due (it wants none then), an error for anything else.
 ///
 /// With `workers > 1`, each worker takes its turn reading one request (under a lock, as
 /// libfuse's threads share `/dev/fuse`), handles it while the next worker reads, and writes
@@ -154,10 +154,15 @@ pub fn serve<R: Read + Send, W: Write + Send>(
             let reply = reply.inspect_err(|_| done.store(true, Ordering::SeqCst))?;
             if !reply.is_empty() {
                 let mut out = output.lock().unwrap_or_else(|e| e.into_inner());
-                out.write_all(reply).map_err(|e| {
+                if let Err(e) = out.write_all(reply) {
                     done.store(true, Ordering::SeqCst);
-                    StreamError::Write(e)
-                })?;
+                    // The peer closed the stream while this request was being answered (an
+                    // unmount racing its last requests): it wants no reply, a clean end.
+                    return match e.kind() {
+                        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => Ok(()),
+                        _ => Err(StreamError::Write(e)),
+                    };
+                }
             }
         }
     };
