@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
-# Installs what building and testing vmctl needs on Debian/Ubuntu. Idempotent.
-# Packages come from scripts/apt-packages/*.txt (one per line, '#' comments).
+# Installs what building and running vmctl needs on Debian/Ubuntu; with --tests, also what
+# the test suite and benchmarks need (scripts/test-all.sh passes it). Idempotent.
+# Packages come from scripts/apt-packages/*.txt (one per line, '#' comments): base, demo and
+# guest for the main job, every list with --tests.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"
+tests=0
+case "${1:-}" in
+    --tests) tests=1 ;;
+    "") ;;
+    *) echo "usage: $0 [--tests]" >&2; exit 2 ;;
+esac
+lists=("$here"/apt-packages/{base,demo,guest}.txt)
+[ "$tests" = 0 ] || lists=("$here"/apt-packages/*.txt)
 
-mapfile -t pkgs < <(cat "$here"/apt-packages/*.txt | sed 's/#.*//' | tr -s ' \t' '\n' | sed '/^$/d' | sort -u)
+mapfile -t pkgs < <(cat "${lists[@]}" | sed 's/#.*//' | tr -s ' \t' '\n' | sed '/^$/d' | sort -u)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -48,12 +58,15 @@ if ! command -v cargo >/dev/null; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq rustup 2>/dev/null || true
     rustup default stable
 fi
-want_targets=(x86_64-unknown-none x86_64-unknown-linux-musl aarch64-apple-darwin x86_64-pc-windows-msvc)
+# The guest agent is a static musl binary; the tests also build freestanding test guests and
+# type-check the macOS and Windows backends.
+want_targets=(x86_64-unknown-linux-musl)
+[ "$tests" = 0 ] || want_targets+=(x86_64-unknown-none aarch64-apple-darwin x86_64-pc-windows-msvc)
 have=$(rustup target list --installed)
 for t in "${want_targets[@]}"; do
     grep -qx "$t" <<<"$have" || rustup target add "$t"
 done
-if ! cargo nextest --version >/dev/null 2>&1; then
+if [ "$tests" = 1 ] && ! cargo nextest --version >/dev/null 2>&1; then
     echo "==> cargo install cargo-nextest"
     cargo install --locked cargo-nextest
 fi

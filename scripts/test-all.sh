@@ -11,7 +11,7 @@ mkdir -p "${HOME}/.cache/vmctl"
 step() { printf '\n==> %s\n' "$*"; }
 
 step "dependencies"
-./scripts/install-deps.sh
+./scripts/install-deps.sh --tests
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
