@@ -4,7 +4,7 @@
 # Each virtio-fs server shares a fresh folder into the test guest (QEMU 7.2, TCG, Debian cloud
 # kernel, tests/guest/build-guest.sh), which runs examples/fsbench.rs on the mount; fsbench also
 # runs natively on the host. Two cache settings: none/never (every op reaches the server: the
-# server's own speed) and auto (each server's default). Best of FS_SHARE_BENCH_ROUNDS (2) rounds,
+# server's own speed) and auto (each server's default). Median of FS_SHARE_BENCH_ROUNDS (5) rounds,
 # alternating servers, because the machine is shared. Prints one table.
 #
 # Needs: qemu-system-x86, cpio, apt-get; builds virtiofsd into ~/.cache/vmctl/tools once
@@ -41,25 +41,20 @@ trap cleanup EXIT
 
 load=$(cut -d' ' -f1-3 /proc/loadavg)
 declare -A R
-# Keeps the best value over rounds (the machine is shared and noisy): max, or min for *_ms.
+# Every round's value of each metric, space-separated; the table shows their median.
 collect() { # name file
     while read -r tag k v; do
         if [ "$tag" != RESULT ]; then continue; fi
-        local old=${R["$1/$k"]:-}
-        if [ -z "$old" ]; then
-            R["$1/$k"]=$v
-        elif [[ $k == *_ms || $k == *lower_better ]]; then
-            R["$1/$k"]=$(awk -v a="$old" -v b="$v" 'BEGIN{print (b<a)?b:a}')
-        else
-            R["$1/$k"]=$(awk -v a="$old" -v b="$v" 'BEGIN{print (b>a)?b:a}')
-        fi
+        R["$1/$k"]+="$v "
     done < <(tr -d '\r' < "$2")
 }
+median() { tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -g | awk '{v[NR]=$1} END{if (NR) print v[int((NR+1)/2)]}'; }
+spread() { tr ' ' '\n' <<<"$1" | sed '/^$/d' | sort -g | awk '{v[NR]=$1} END{if (NR) printf "%s-%s", v[1], v[NR]}'; }
 
 echo "==> native" >&2
 mkdir -p "$work/native"
 "$fsbench" --mktree "$work/native"
-for _ in 1 2; do
+for _ in 1 2 3; do
     "$fsbench" "$work/native" > "$work/native.out"
     collect native "$work/native.out"
 done
@@ -98,23 +93,46 @@ run_guest() { # name server-command...
 }
 
 w=$work
-rounds=${FS_SHARE_BENCH_ROUNDS:-2}
+rounds=${FS_SHARE_BENCH_ROUNDS:-5}
 for round in $(seq "$rounds"); do
 echo "==> round $round of $rounds" >&2
 rm -rf "$w/fsshare-none" "$w/virtiofsd-never" "$w/fsshare-auto" "$w/virtiofsd-auto"
-run_guest fsshare-none "$fsshare" serve --socket "$w/fsshare-none/fs.sock" --shared-dir "$w/fsshare-none/share" --cache none
-run_guest virtiofsd-never "$virtiofsd" --socket-path "$w/virtiofsd-never/fs.sock" --shared-dir "$w/virtiofsd-never/share" --cache never --sandbox none
-run_guest fsshare-auto "$fsshare" serve --socket "$w/fsshare-auto/fs.sock" --shared-dir "$w/fsshare-auto/share" --cache auto
-run_guest virtiofsd-auto "$virtiofsd" --socket-path "$w/virtiofsd-auto/fs.sock" --shared-dir "$w/virtiofsd-auto/share" --cache auto --sandbox none
+# Odd rounds run fs-share first, even rounds virtiofsd first: no server always goes first.
+for mode in none auto; do
+    vmode=$mode; [ "$mode" = none ] && vmode=never
+    order=(fs vfs); [ $((round % 2)) = 0 ] && order=(vfs fs)
+    for who in "${order[@]}"; do
+        if [ "$who" = fs ]; then
+            run_guest "fsshare-$mode" "$fsshare" serve --socket "$w/fsshare-$mode/fs.sock" --shared-dir "$w/fsshare-$mode/share" --cache "$mode"
+        else
+            run_guest "virtiofsd-$vmode" "$virtiofsd" --socket-path "$w/virtiofsd-$vmode/fs.sock" --shared-dir "$w/virtiofsd-$vmode/share" --cache "$vmode" --sandbox none
+        fi
+    done
+done
 done
 
+# A ratio > 1 means fs-share is better than virtiofsd on that row (faster, or less CPU).
+ratio() { # metric fsshare-col virtiofsd-col
+    local a b
+    a=$(median "${R[$2/$1]:-}"); b=$(median "${R[$3/$1]:-}")
+    [ -n "$a" ] && [ -n "$b" ] || { echo -; return; }
+    if [[ $1 == *_ms || $1 == *lower_better ]]; then
+        awk -v a="$a" -v b="$b" 'BEGIN{ if (a > 0) printf "%.2fx", b / a; else print "-" }'
+    else
+        awk -v a="$a" -v b="$b" 'BEGIN{ if (b > 0) printf "%.2fx", a / b; else print "-" }'
+    fi
+}
 cols=(native fsshare-none virtiofsd-never fsshare-auto virtiofsd-auto)
-printf '\n%-22s' "metric (guest: TCG)"
-for c in "${cols[@]}"; do printf ' %16s' "$c"; done
-printf '\n'
-for m in seq_write_MBps seq_read_MBps rand_read_4k_IOPS create_ops stat_ops unlink_ops tree_walk_10k_ms server_cpu_ms_lower_better; do
-    printf '%-22s' "$m"
-    for c in "${cols[@]}"; do printf ' %16s' "${R[$c/$m]:--}"; done
-    printf '\n'
+printf '\n%-26s' "metric (guest: TCG)"
+for c in "${cols[@]}"; do printf ' %24s' "$c"; done
+printf ' %10s %10s\n' "none/never" "auto"
+for m in seq_write_MBps seq_read_MBps rand_read_4k_IOPS create_ops stat_ops unlink_ops tree_walk_10k_ms \
+    project_unpack_20k_ms project_find_stat_ms project_grep_r_ms project_rm_rf_ms server_cpu_ms_lower_better; do
+    printf '%-26s' "$m"
+    for c in "${cols[@]}"; do
+        v=${R[$c/$m]:-}
+        if [ -n "$v" ]; then printf ' %24s' "$(median "$v") [$(spread "$v")]"; else printf ' %24s' -; fi
+    done
+    printf ' %10s %10s\n' "$(ratio "$m" fsshare-none virtiofsd-never)" "$(ratio "$m" fsshare-auto virtiofsd-auto)"
 done
-printf '(higher is better except tree_walk_10k_ms; native = host fs without a VM, host page cache not dropped;\n guest rows: QEMU TCG guest, guest page cache dropped between phases; load average at start: %s)\n' "$load"
+printf '(median [min-max] of %s rounds, servers alternating; the last two columns: fs-share vs virtiofsd,\n > 1 = fs-share better; *_ms and server CPU: lower is better; native = host fs without a VM,\n host page cache not dropped; guest rows: QEMU TCG guest, guest page cache dropped between phases;\n load average at start: %s)\n' "$rounds" "$load"
